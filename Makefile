@@ -1,0 +1,34 @@
+# radiopath: `make demo` runs the pipeline on the built-in demo cohort,
+# `make test` runs the test suite. Both set up .venv first and are safe to rerun.
+
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.radiopath-installed
+DEMO := data/demo
+
+.PHONY: setup demo test clean-demo
+
+setup: $(STAMP)
+
+# Order matters: pyradiomics has no wheel for Python 3.11 and must be built
+# without build isolation against numpy; torch and torchvision come together
+# from the index because no CPU torchvision matches the CPU torch file.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PIP) install --quiet numpy versioneer wheel "setuptools>=68"
+	$(PIP) install --quiet --no-build-isolation "pyradiomics==3.0.1"
+	$(PIP) install --quiet "torch==2.15.0" "torchvision==0.29.2"
+	$(PIP) install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m radiopath.demo output_dir=$(DEMO)
+	$(PY) -m radiopath.encode data.manifest=$(DEMO)/manifest.csv
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean-demo:
+	rm -rf $(DEMO) graphs/demo

@@ -1,0 +1,1 @@
+"""Cohort manifests, image readers and the demo cohort generator."""

@@ -1,0 +1,129 @@
+"""The cohort manifest: one CSV row per patient.
+
+Columns (only ``case_id`` is required; a stage checks for the columns it needs):
+
+=================  ==========================================================
+``case_id``        unique patient identifier (text)
+``ct``, ``mask``   CT volume and tumour mask (NIfTI, NRRD or a DICOM folder)
+``wsi``            whole-slide image that OpenSlide opens
+``os_time``        overall survival time (> 0; unit stated in the config)
+``os_event``       1 = death observed, 0 = censored
+``malignant``      1 malignant, 0 benign
+``isup_grade``     ISUP grade 1-4 (empty for benign tumours)
+``high_grade``     1 = ISUP 3-4, 0 = ISUP 1-2 (empty for benign tumours)
+``aggressive``     1 aggressive, 0 indolent (empty for benign tumours)
+``age``, ``sex``,  clinical covariates
+``tumour_size_mm``
+=================  ==========================================================
+
+Image paths are relative to the manifest's folder (absolute paths work too).
+Rows with a problem are not dropped silently: :func:`load_manifest` returns them
+as :class:`~radiopath.errors.CaseError` objects that every stage reports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from radiopath.errors import CaseError, ManifestError
+
+IMAGE_COLUMNS = ("ct", "mask", "wsi")
+
+
+@dataclass
+class Manifest:
+    """A validated cohort: usable rows plus the cases rejected and why."""
+
+    path: Path
+    frame: pd.DataFrame
+    problems: list[CaseError] = field(default_factory=list)
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    @property
+    def case_ids(self) -> list[str]:
+        return self.frame["case_id"].tolist()
+
+    def image_path(self, case_id: str, column: str) -> Path | None:
+        """Absolute path of one case's image, or None when the cell is empty."""
+        value = self.frame.loc[self.frame["case_id"] == case_id, column].iloc[0]
+        if not isinstance(value, str) or not value:
+            return None
+        return Path(value)
+
+    def select_shard(self, shard: int, num_shards: int) -> "Manifest":
+        """Every ``num_shards``-th case starting at ``shard`` (for cluster jobs)."""
+        if not 0 <= shard < num_shards:
+            raise ValueError(f"shard must be in [0, {num_shards}), got {shard}")
+        return Manifest(self.path, self.frame.iloc[shard::num_shards].reset_index(drop=True), self.problems)
+
+
+def load_manifest(path: str | Path, required: tuple[str, ...] = ()) -> Manifest:
+    """Read and validate a cohort manifest.
+
+    ``required`` names columns that must exist (besides ``case_id``). Image paths
+    are made absolute; duplicated ids, bad survival values and missing image
+    files are returned as problems, and those rows are left out of ``frame``.
+    """
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise ManifestError(f"manifest not found: {path}")
+    frame = pd.read_csv(path, dtype={"case_id": str})
+    missing = [c for c in ("case_id", *required) if c not in frame.columns]
+    if missing:
+        raise ManifestError(f"{path}: missing column(s) {', '.join(missing)}")
+
+    problems: list[CaseError] = []
+    bad = pd.Series(False, index=frame.index)
+
+    ids = frame["case_id"].fillna("").astype(str).str.strip()
+    frame["case_id"] = ids
+    for row in frame.index[ids == ""]:
+        problems.append(CaseError(f"<row {row + 2}>", "empty case_id"))
+        bad[row] = True
+    duplicated = ids.duplicated(keep=False) & (ids != "")
+    for case_id in sorted(set(ids[duplicated])):
+        count = int((ids == case_id).sum())
+        problems.append(CaseError(case_id, f"case_id appears {count} times in the manifest"))
+    bad |= duplicated
+
+    for column in IMAGE_COLUMNS:
+        if column in frame.columns:
+            frame[column] = [_resolve(path.parent, value) for value in frame[column]]
+
+    for row in frame.index[~bad]:
+        reason = _row_problem(frame.loc[row])
+        if reason:
+            problems.append(CaseError(frame.at[row, "case_id"], reason))
+            bad[row] = True
+
+    return Manifest(path, frame.loc[~bad].reset_index(drop=True), problems)
+
+
+def _resolve(root: Path, value) -> str:
+    if not isinstance(value, str) or not value.strip():
+        return ""
+    candidate = Path(value.strip())
+    return str(candidate if candidate.is_absolute() else (root / candidate).resolve())
+
+
+def _row_problem(row: pd.Series) -> str | None:
+    """The first thing wrong with one manifest row, or None."""
+    if "os_time" in row.index and not pd.isna(row["os_time"]):
+        time = pd.to_numeric(row["os_time"], errors="coerce")
+        if not np.isfinite(time) or time <= 0:
+            return f"os_time must be a positive number, got {row['os_time']!r}"
+    if "os_event" in row.index and not pd.isna(row["os_event"]):
+        if pd.to_numeric(row["os_event"], errors="coerce") not in (0, 1):
+            return f"os_event must be 0 or 1, got {row['os_event']!r}"
+    for column in IMAGE_COLUMNS:
+        value = row.get(column, "")
+        if value and not Path(value).exists():
+            return f"{column} file not found: {value}"
+    return None

@@ -1,0 +1,16 @@
+"""Errors that name the case and the problem."""
+
+from __future__ import annotations
+
+
+class CaseError(Exception):
+    """A problem with one case's input: the stage reports it and goes on with the others."""
+
+    def __init__(self, case_id: str, reason: str):
+        super().__init__(f"case {case_id!r}: {reason}")
+        self.case_id = case_id
+        self.reason = reason
+
+
+class ManifestError(ValueError):
+    """The cohort manifest as a whole cannot be used (missing file or required column)."""
