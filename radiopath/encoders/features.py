@@ -1,0 +1,95 @@
+"""The patch-feature file: what the encode stage writes and build_graphs reads.
+
+One file per case, modality and encoder, at
+``{features_dir}/{modality}/{encoder}/{case_id}.pt``: a ``torch.save`` of a plain
+dict of tensors and strings, so it loads with ``torch.load(weights_only=True)``:
+
+============== ===============================================================
+``features``   float32 ``(N, D)``: one row per patch
+``coords``     float32 ``(N, 2)`` level-0 pixels (x, y of the tile's top-left
+               corner) for WSI, ``(N, 3)`` mm (x, y, z, patch centre, physical
+               space of the CT) for CT
+``patch_size`` float32 ``(2,)`` or ``(3,)``: patch extent in the same units
+``coord_units````"level0_px"`` or ``"mm"``
+``case_id``,   strings identifying the file's content
+``modality``,
+``encoder``
+============== ===============================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from radiopath.io import atomic_torch_save
+
+MODALITIES = ("radiology", "pathology")
+COORD_UNITS = {"radiology": "mm", "pathology": "level0_px"}
+
+
+@dataclass
+class PatchFeatures:
+    """Patch features and coordinates of one case and modality."""
+
+    case_id: str
+    modality: str
+    encoder: str
+    features: np.ndarray
+    coords: np.ndarray
+    patch_size: np.ndarray
+
+    def __post_init__(self):
+        if self.modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {MODALITIES}, got {self.modality!r}")
+        self.features = np.asarray(self.features, dtype=np.float32)
+        self.coords = np.asarray(self.coords, dtype=np.float32)
+        self.patch_size = np.asarray(self.patch_size, dtype=np.float32).reshape(-1)
+        n, dims = len(self.features), 2 if self.modality == "pathology" else 3
+        if self.features.ndim != 2 or self.coords.shape != (n, dims):
+            raise ValueError(
+                f"case {self.case_id!r}: features {self.features.shape} and coords {self.coords.shape} "
+                f"do not describe {n} patches with {dims}-D positions"
+            )
+        if not np.isfinite(self.features).all():
+            raise ValueError(f"case {self.case_id!r}: {self.modality} features contain NaN or inf")
+
+    @property
+    def coord_units(self) -> str:
+        return COORD_UNITS[self.modality]
+
+    def save(self, path: str | Path) -> None:
+        """Write atomically to ``path``."""
+        atomic_torch_save(
+            {
+                "features": torch.from_numpy(self.features),
+                "coords": torch.from_numpy(self.coords),
+                "patch_size": torch.from_numpy(self.patch_size),
+                "coord_units": self.coord_units,
+                "case_id": self.case_id,
+                "modality": self.modality,
+                "encoder": self.encoder,
+            },
+            path,
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PatchFeatures":
+        """Read a file written by :meth:`save` (safe: ``weights_only=True``)."""
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        return cls(
+            case_id=data["case_id"],
+            modality=data["modality"],
+            encoder=data["encoder"],
+            features=data["features"].numpy(),
+            coords=data["coords"].numpy(),
+            patch_size=data["patch_size"].numpy(),
+        )
+
+
+def features_path(features_dir: str | Path, modality: str, encoder: str, case_id: str) -> Path:
+    """Where the features of one case, modality and encoder live."""
+    return Path(features_dir) / modality / encoder / f"{case_id}.pt"

@@ -1,0 +1,1 @@
+"""Preprocessing: CT resampling, normalisation and cropping; WSI tissue masks and tiling."""
