@@ -54,3 +54,7 @@ class VolumeEncoder(abc.ABC):
     @abc.abstractmethod
     def encode(self, ct: "PreparedCT", device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
         """Return ``(features (N, D) float32, coords (N, 3) float32 in mm, x/y/z order)``."""
+
+    def patch_size_mm(self, ct: "PreparedCT") -> tuple[float, float, float]:
+        """Extent (x, y, z) in mm of one patch; one voxel unless the encoder says otherwise."""
+        return tuple(float(s) for s in ct.image.GetSpacing())

@@ -1,0 +1,113 @@
+"""``python -m radiopath.encode``: patch features for every case and modality.
+
+Reads the cohort manifest (``data.manifest``), preprocesses each case's CT and
+slide, and writes ``{output_dir}/{modality}/{encoder}/{case_id}.pt`` (see
+:mod:`radiopath.encoders.features`). Finished cases are skipped on a rerun
+(``overwrite=true`` redoes them); failed cases are listed in ``failures.csv``
+beside the features and make the exit status non-zero.
+
+Examples::
+
+    python -m radiopath.encode data.manifest=data/demo/manifest.csv
+    python -m radiopath.encode data.manifest=/cohort/manifest.csv \\
+        encoder/pathology=uni encoder.pathology.checkpoint=/models/uni/pytorch_model.bin
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from radiopath.config import resolve_device
+from radiopath.data.manifest import Manifest, load_manifest
+from radiopath.encoders import build_encoder
+from radiopath.encoders.extract import encode_ct_case, encode_wsi_case
+from radiopath.encoders.features import features_path
+from radiopath.runner import RunSummary, run_cases
+
+log = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = {"radiology": ("ct", "mask"), "pathology": ("wsi",)}
+
+
+def encoder_dirname(name: str) -> str:
+    """Folder name for an encoder (``timm:resnet18`` -> ``timm-resnet18``)."""
+    return name.replace(":", "-").replace("/", "-")
+
+
+def encode_modality(cfg: DictConfig, manifest: Manifest, modality: str) -> RunSummary:
+    """Encode every case of one modality; returns what happened to each case."""
+    encoder_cfg = cfg.encoder[modality]
+    encoder = build_encoder(encoder_cfg.name, checkpoint=encoder_cfg.checkpoint, **encoder_cfg.kwargs)
+    device = resolve_device(cfg.device)
+    if modality == "pathology":
+        encoder.to(device).eval()
+    out_dir = Path(cfg.output_dir)
+    label = encoder_dirname(encoder_cfg.name)
+
+    def output(case_id: str) -> Path:
+        return features_path(out_dir, modality, label, case_id)
+
+    def process(case_id: str) -> None:
+        if modality == "radiology":
+            result = encode_ct_case(
+                case_id,
+                manifest.image_path(case_id, "ct"),
+                manifest.image_path(case_id, "mask"),
+                encoder,
+                OmegaConf.to_container(cfg.ct),
+                device,
+            )
+        else:
+            result = encode_wsi_case(
+                case_id,
+                manifest.image_path(case_id, "wsi"),
+                encoder,
+                OmegaConf.to_container(cfg.wsi.tissue),
+                OmegaConf.to_container(cfg.wsi.tiling),
+                encoder_cfg.batch_size,
+                device,
+            )
+        result.save(output(case_id))
+
+    summary = run_cases(
+        f"encode {modality} ({encoder_cfg.name})",
+        manifest.case_ids,
+        process,
+        is_done=lambda case_id: output(case_id).is_file(),
+        overwrite=cfg.overwrite,
+    )
+    summary.add_failures(manifest.problems)
+    summary.write_failures(out_dir / modality / label / "failures.csv")
+    return summary
+
+
+def encode_cohort(cfg: DictConfig) -> list[RunSummary]:
+    """Encode all configured modalities of the cohort."""
+    unknown = set(cfg.modalities) - set(REQUIRED_COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown modalities {sorted(unknown)}; choose from {sorted(REQUIRED_COLUMNS)}")
+    summaries = []
+    for modality in cfg.modalities:
+        manifest = load_manifest(cfg.data.manifest, required=REQUIRED_COLUMNS[modality])
+        manifest = manifest.select_shard(cfg.shard, cfg.num_shards)
+        summaries.append(encode_modality(cfg, manifest, modality))
+    return summaries
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="encode")
+def main(cfg: DictConfig) -> None:
+    summaries = encode_cohort(cfg)
+    for summary in summaries:
+        print(summary.report())
+    print(f"features in {Path(cfg.output_dir).resolve()}")
+    if not all(summary.ok for summary in summaries):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
