@@ -1,0 +1,31 @@
+import numpy as np
+import pytest
+import torch
+
+from radiopath.encoders.features import PatchFeatures, features_path
+
+
+def test_round_trip_loads_with_weights_only(tmp_path):
+    original = PatchFeatures(
+        case_id="c1",
+        modality="pathology",
+        encoder="hipt",
+        features=np.random.default_rng(0).normal(size=(5, 8)),
+        coords=np.arange(10).reshape(5, 2),
+        patch_size=(512, 512),
+    )
+    path = features_path(tmp_path, "pathology", "hipt", "c1")
+    original.save(path)
+    raw = torch.load(path, weights_only=True)
+    assert raw["coord_units"] == "level0_px" and raw["features"].dtype == torch.float32
+    loaded = PatchFeatures.load(path)
+    np.testing.assert_array_equal(loaded.features, original.features)
+    np.testing.assert_array_equal(loaded.coords, original.coords)
+    assert (loaded.case_id, loaded.modality, loaded.encoder) == ("c1", "pathology", "hipt")
+
+
+def test_rejects_nan_features_and_wrong_coordinate_dimensions():
+    with pytest.raises(ValueError, match="NaN"):
+        PatchFeatures("c", "radiology", "e", np.array([[np.nan]]), np.zeros((1, 3)), (1, 1, 1))
+    with pytest.raises(ValueError, match="3-D positions"):
+        PatchFeatures("c", "radiology", "e", np.zeros((2, 4)), np.zeros((2, 2)), (1, 1, 1))
