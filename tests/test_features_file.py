@@ -13,6 +13,7 @@ def test_round_trip_loads_with_weights_only(tmp_path):
         features=np.random.default_rng(0).normal(size=(5, 8)),
         coords=np.arange(10).reshape(5, 2),
         patch_size=(512, 512),
+        level0_mpp=0.25,
     )
     path = features_path(tmp_path, "pathology", "hipt", "c1")
     original.save(path)
@@ -22,6 +23,7 @@ def test_round_trip_loads_with_weights_only(tmp_path):
     np.testing.assert_array_equal(loaded.features, original.features)
     np.testing.assert_array_equal(loaded.coords, original.coords)
     assert (loaded.case_id, loaded.modality, loaded.encoder) == ("c1", "pathology", "hipt")
+    assert loaded.level0_mpp == 0.25
 
 
 def test_rejects_nan_features_and_wrong_coordinate_dimensions():
@@ -29,3 +31,5 @@ def test_rejects_nan_features_and_wrong_coordinate_dimensions():
         PatchFeatures("c", "radiology", "e", np.array([[np.nan]]), np.zeros((1, 3)), (1, 1, 1))
     with pytest.raises(ValueError, match="3-D positions"):
         PatchFeatures("c", "radiology", "e", np.zeros((2, 4)), np.zeros((2, 2)), (1, 1, 1))
+    with pytest.raises(ValueError, match="level0_mpp"):
+        PatchFeatures("c", "pathology", "e", np.zeros((2, 4)), np.zeros((2, 2)), (1, 1))

@@ -11,6 +11,8 @@ dict of tensors and strings, so it loads with ``torch.load(weights_only=True)``:
                space of the CT) for CT
 ``patch_size`` float32 ``(2,)`` or ``(3,)``: patch extent in the same units
 ``coord_units````"level0_px"`` or ``"mm"``
+``level0_mpp`` µm per level-0 pixel of the slide (pathology only), so that
+               later stages can work in µm whatever the scanner
 ``case_id``,   strings identifying the file's content
 ``modality``,
 ``encoder``
@@ -41,6 +43,7 @@ class PatchFeatures:
     features: np.ndarray
     coords: np.ndarray
     patch_size: np.ndarray
+    level0_mpp: float | None = None
 
     def __post_init__(self):
         if self.modality not in MODALITIES:
@@ -54,6 +57,8 @@ class PatchFeatures:
                 f"case {self.case_id!r}: features {self.features.shape} and coords {self.coords.shape} "
                 f"do not describe {n} patches with {dims}-D positions"
             )
+        if self.modality == "pathology" and not (self.level0_mpp and self.level0_mpp > 0):
+            raise ValueError(f"case {self.case_id!r}: pathology features need the slide's level0_mpp")
         if not np.isfinite(self.features).all():
             raise ValueError(f"case {self.case_id!r}: {self.modality} features contain NaN or inf")
 
@@ -63,8 +68,10 @@ class PatchFeatures:
 
     def save(self, path: str | Path) -> None:
         """Write atomically to ``path``."""
+        extra = {} if self.level0_mpp is None else {"level0_mpp": float(self.level0_mpp)}
         atomic_torch_save(
             {
+                **extra,
                 "features": torch.from_numpy(self.features),
                 "coords": torch.from_numpy(self.coords),
                 "patch_size": torch.from_numpy(self.patch_size),
@@ -87,6 +94,7 @@ class PatchFeatures:
             features=data["features"].numpy(),
             coords=data["coords"].numpy(),
             patch_size=data["patch_size"].numpy(),
+            level0_mpp=data.get("level0_mpp"),
         )
 
 
