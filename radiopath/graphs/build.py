@@ -1,0 +1,70 @@
+"""One case's patch features -> one graph (nodes = clusters, edges between near nodes)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch_geometric.data import Data
+
+from radiopath.encoders.features import PatchFeatures
+from radiopath.graphs.cluster import cluster_patches
+from radiopath.graphs.edges import delaunay_edges, knn_edges, radius_edges
+
+
+def patch_positions(patches: PatchFeatures) -> np.ndarray:
+    """Patch centres in physical units: µm for slides, mm for CT."""
+    if patches.modality == "pathology":
+        return (patches.coords + patches.patch_size / 2) * patches.level0_mpp
+    return patches.coords.astype(np.float64)
+
+
+def build_graph(
+    patches: PatchFeatures,
+    *,
+    radius: float,
+    lambda_f: float,
+    lambda_d: float,
+    lambda_h: float,
+    edges: str = "delaunay",
+    connectivity: float,
+    k: int = 8,
+) -> Data:
+    """Cluster the patches (see :mod:`radiopath.graphs.cluster`) and connect the clusters.
+
+    ``radius``, ``connectivity`` and ``1/lambda_d`` are in the physical units of
+    :func:`patch_positions`. ``edges`` is ``delaunay`` (triangulation minus edges
+    longer than ``connectivity``), ``radius`` (all nodes within ``connectivity``)
+    or ``knn`` (``k`` nearest nodes).
+    """
+    pos = patch_positions(patches)
+    labels = cluster_patches(
+        patches.features, pos, radius=radius, lambda_f=lambda_f, lambda_d=lambda_d, lambda_h=lambda_h
+    )
+    n_nodes = int(labels.max()) + 1
+    counts = np.bincount(labels, minlength=n_nodes)[:, None]
+    node_x = np.zeros((n_nodes, patches.features.shape[1]), dtype=np.float64)
+    np.add.at(node_x, labels, patches.features)
+    node_pos = np.zeros((n_nodes, pos.shape[1]), dtype=np.float64)
+    np.add.at(node_pos, labels, pos)
+    node_x /= counts
+    node_pos /= counts
+
+    if edges == "delaunay":
+        edge_index = delaunay_edges(node_pos, connectivity)
+    elif edges == "radius":
+        edge_index = radius_edges(node_pos, connectivity)
+    elif edges == "knn":
+        edge_index = knn_edges(node_pos, k)
+    else:
+        raise ValueError(f"edges must be delaunay, radius or knn, got {edges!r}")
+
+    return Data(
+        x=torch.from_numpy(node_x.astype(np.float32)),
+        edge_index=torch.from_numpy(edge_index),
+        pos=torch.from_numpy(node_pos.astype(np.float32)),
+        assignment=torch.from_numpy(labels.astype(np.int64)),
+        case_id=patches.case_id,
+        modality=patches.modality,
+        encoder=patches.encoder,
+        num_nodes=n_nodes,
+    )

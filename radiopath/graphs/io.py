@@ -1,0 +1,68 @@
+"""The graph file: one ``torch_geometric.data.Data`` per case and modality.
+
+``{graph_dir}/{modality}/{case_id}.pt`` holds a ``torch.save``d ``Data`` with
+
+============== ==============================================================
+``x``          float32 (nodes, features): mean patch feature of each node
+``edge_index`` int64 (2, E): symmetric, no self-loops
+``pos``        float32 (nodes, 2 | 3): node centroid, µm (slides) or mm (CT)
+``assignment`` int64 (patches,): node index of every input patch, in the
+               order of the patch-feature file, to paint node scores back
+``case_id``,   strings
+``modality``,
+``encoder``
+============== ==============================================================
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch_geometric.data import Data, HeteroData
+from torch_geometric.data.data import DataEdgeAttr, DataTensorAttr
+from torch_geometric.data.storage import GlobalStorage
+
+from radiopath.encoders.features import MODALITIES
+from radiopath.io import atomic_torch_save
+
+# The classes a graph file may contain: loading stays weights_only=True.
+_SAFE = [Data, DataEdgeAttr, DataTensorAttr, GlobalStorage]
+
+
+def graph_path(graph_dir: str | Path, modality: str, case_id: str) -> Path:
+    """Where one case's graph of one modality lives."""
+    return Path(graph_dir) / modality / f"{case_id}.pt"
+
+
+def save_graph(graph: Data, path: str | Path) -> None:
+    """Write a graph atomically."""
+    atomic_torch_save(graph, path)
+
+
+def load_graph(path: str | Path) -> Data:
+    """Read one graph file (without unpickling arbitrary objects)."""
+    with torch.serialization.safe_globals(_SAFE):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_patient(graph_dir: str | Path, case_id: str) -> HeteroData:
+    """A patient's graphs as ``HeteroData`` with one node type per modality found.
+
+    Node type ``m`` carries ``x``, ``pos`` and ``assignment``; its edges are the
+    ``(m, "near", m)`` edge type. Missing modalities are simply absent.
+    """
+    patient = HeteroData()
+    patient.case_id = case_id
+    for modality in MODALITIES:
+        path = graph_path(graph_dir, modality, case_id)
+        if not path.is_file():
+            continue
+        graph = load_graph(path)
+        patient[modality].x = graph.x
+        patient[modality].pos = graph.pos
+        patient[modality].assignment = graph.assignment
+        patient[modality, "near", modality].edge_index = graph.edge_index
+    if not patient.node_types:
+        raise FileNotFoundError(f"case {case_id!r}: no graph in {graph_dir}")
+    return patient
