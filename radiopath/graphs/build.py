@@ -40,14 +40,8 @@ def build_graph(
     labels = cluster_patches(
         patches.features, pos, radius=radius, lambda_f=lambda_f, lambda_d=lambda_d, lambda_h=lambda_h
     )
-    n_nodes = int(labels.max()) + 1
-    counts = np.bincount(labels, minlength=n_nodes)[:, None]
-    node_x = np.zeros((n_nodes, patches.features.shape[1]), dtype=np.float64)
-    np.add.at(node_x, labels, patches.features)
-    node_pos = np.zeros((n_nodes, pos.shape[1]), dtype=np.float64)
-    np.add.at(node_pos, labels, pos)
-    node_x /= counts
-    node_pos /= counts
+    node_x = _cluster_means(patches.features, labels)
+    node_pos = _cluster_means(pos, labels)
 
     if edges == "delaunay":
         edge_index = delaunay_edges(node_pos, connectivity)
@@ -66,5 +60,15 @@ def build_graph(
         case_id=patches.case_id,
         modality=patches.modality,
         encoder=patches.encoder,
-        num_nodes=n_nodes,
+        num_nodes=len(node_x),
     )
+
+
+def _cluster_means(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Row means of ``values`` per cluster label (float64 for exact positions)."""
+    labels = torch.from_numpy(labels)
+    n = int(labels.max()) + 1
+    sums = torch.zeros(n, values.shape[1], dtype=torch.float64)
+    sums.index_add_(0, labels, torch.from_numpy(np.asarray(values, dtype=np.float64)))
+    counts = torch.bincount(labels, minlength=n).unsqueeze(1)
+    return (sums / counts).numpy()
