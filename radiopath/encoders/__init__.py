@@ -1,25 +1,12 @@
 """Patch encoders behind one registry.
 
 ``build_encoder(name, checkpoint=..., **kwargs)`` builds any registered encoder;
-``list_encoders()`` names them. Pathology encoders are :class:`TileEncoder`
-(tile images -> vectors), CT encoders are :class:`VolumeEncoder` (a preprocessed
-CT -> patch vectors with positions in mm).
+``list_encoders()`` names them. Pathology encoders are ``TileEncoder`` (tile images
+-> vectors), CT encoders are ``VolumeEncoder`` (a preprocessed CT -> patch vectors
+with positions in mm). The built-in encoder modules (timm, MONAI, pyradiomics) are
+imported on first use, so reading a feature file stays light.
 """
 
-from radiopath.encoders.base import TileEncoder, VolumeEncoder
-from radiopath.encoders.features import PatchFeatures
 from radiopath.encoders.registry import build_encoder, list_encoders, register_encoder
 
-# Importing the modules registers their encoders.
-from radiopath.encoders import pathology as _pathology  # noqa: F401,E402
-from radiopath.encoders import ct_vit as _ct_vit  # noqa: F401,E402
-from radiopath.encoders import radiomics as _radiomics  # noqa: F401,E402
-
-__all__ = [
-    "PatchFeatures",
-    "TileEncoder",
-    "VolumeEncoder",
-    "build_encoder",
-    "list_encoders",
-    "register_encoder",
-]
+__all__ = ["build_encoder", "list_encoders", "register_encoder"]

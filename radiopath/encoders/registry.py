@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Callable
 
 _BUILDERS: dict[str, Callable] = {}
+_BUILTIN_MODULES = ("pathology", "ct_vit", "radiomics")
+
+
+def _load_builtin() -> None:
+    """Import the built-in encoder modules; importing registers their encoders."""
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(f"radiopath.encoders.{module}")
 
 
 def register_encoder(name: str) -> Callable[[Callable], Callable]:
@@ -25,6 +33,7 @@ def build_encoder(name: str, **kwargs):
     ``timm:<model>`` builds any timm model as a pathology tile encoder.
     Keyword arguments go to the builder (``checkpoint=`` a local weight file).
     """
+    _load_builtin()
     if name.startswith("timm:"):
         return _BUILDERS["timm"](model_name=name.removeprefix("timm:"), **kwargs)
     if name not in _BUILDERS:
@@ -34,4 +43,5 @@ def build_encoder(name: str, **kwargs):
 
 def list_encoders() -> list[str]:
     """Names of all registered encoders (``timm`` stands for ``timm:<any model>``)."""
+    _load_builtin()
     return sorted(_BUILDERS)
