@@ -1,7 +1,7 @@
 """``python -m radiopath.encode``: patch features for every case and modality.
 
 Reads the cohort manifest (``data.manifest``), preprocesses each case's CT and
-slide, and writes ``{output_dir}/{modality}/{encoder}/{case_id}.pt`` (see
+slide, and writes ``{data.features_dir}/{modality}/{encoder}/{case_id}.pt`` (see
 :mod:`radiopath.encoders.features`). Finished cases are skipped on a rerun
 (``overwrite=true`` redoes them); failed cases are listed in ``failures.csv``
 beside the features and make the exit status non-zero.
@@ -27,7 +27,7 @@ from radiopath.data.manifest import Manifest, load_manifest
 from radiopath.encoders import build_encoder
 from radiopath.encoders.extract import encode_ct_case, encode_wsi_case
 from radiopath.encoders.features import features_path
-from radiopath.runner import RunSummary, run_cases
+from radiopath.runner import RunSummary, failures_filename, run_cases
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def encode_modality(cfg: DictConfig, manifest: Manifest, modality: str) -> RunSu
     device = resolve_device(cfg.device)
     if modality == "pathology":
         encoder.to(device).eval()
-    out_dir = Path(cfg.output_dir)
+    out_dir = Path(cfg.data.features_dir)
     label = encoder_dirname(encoder_cfg.name)
 
     def output(case_id: str) -> Path:
@@ -82,21 +82,21 @@ def encode_modality(cfg: DictConfig, manifest: Manifest, modality: str) -> RunSu
         overwrite=cfg.overwrite,
     )
     summary.add_failures(manifest.problems)
-    summary.write_failures(out_dir / modality / label / "failures.csv")
+    summary.write_failures(out_dir / modality / label / failures_filename(cfg.shard, cfg.num_shards))
     return summary
+
+
+def load_modality_manifest(cfg: DictConfig, modality: str) -> Manifest:
+    """The manifest rows (of this job's shard) that carry ``modality``'s images."""
+    if modality not in REQUIRED_COLUMNS:
+        raise ValueError(f"unknown modality {modality!r}; choose from {sorted(REQUIRED_COLUMNS)}")
+    manifest = load_manifest(cfg.data.manifest, required=REQUIRED_COLUMNS[modality])
+    return manifest.select_shard(cfg.shard, cfg.num_shards)
 
 
 def encode_cohort(cfg: DictConfig) -> list[RunSummary]:
     """Encode all configured modalities of the cohort."""
-    unknown = set(cfg.modalities) - set(REQUIRED_COLUMNS)
-    if unknown:
-        raise ValueError(f"unknown modalities {sorted(unknown)}; choose from {sorted(REQUIRED_COLUMNS)}")
-    summaries = []
-    for modality in cfg.modalities:
-        manifest = load_manifest(cfg.data.manifest, required=REQUIRED_COLUMNS[modality])
-        manifest = manifest.select_shard(cfg.shard, cfg.num_shards)
-        summaries.append(encode_modality(cfg, manifest, modality))
-    return summaries
+    return [encode_modality(cfg, load_modality_manifest(cfg, m), m) for m in cfg.modalities]
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="encode")
@@ -104,7 +104,7 @@ def main(cfg: DictConfig) -> None:
     summaries = encode_cohort(cfg)
     for summary in summaries:
         print(summary.report())
-    print(f"features in {Path(cfg.output_dir).resolve()}")
+    print(f"features in {Path(cfg.data.features_dir).resolve()}")
     if not all(summary.ok for summary in summaries):
         sys.exit(1)
 

@@ -43,12 +43,6 @@ class RunSummary:
         """Record problems found before the run (e.g. manifest validation)."""
         self.failed.extend((p.case_id, p.reason) for p in problems)
 
-    def merge(self, other: "RunSummary") -> None:
-        self.done += other.done
-        self.skipped += other.skipped
-        self.failed += other.failed
-        self.seconds += other.seconds
-
     def report(self) -> str:
         """A closing summary a person can read."""
         lines = [
@@ -61,6 +55,11 @@ class RunSummary:
     def write_failures(self, path: str | Path) -> None:
         """Write ``case_id, reason`` of every failure (an empty table when none)."""
         atomic_write_csv(pd.DataFrame(self.failed, columns=["case_id", "reason"]), path)
+
+
+def failures_filename(shard: int = 0, num_shards: int = 1) -> str:
+    """``failures.csv``, or one file per shard so parallel jobs never overwrite each other."""
+    return "failures.csv" if num_shards == 1 else f"failures_shard{shard}of{num_shards}.csv"
 
 
 def run_cases(
