@@ -59,7 +59,7 @@ def encode_modality(cfg: DictConfig, manifest: Manifest, modality: str) -> RunSu
                 manifest.image_path(case_id, "ct"),
                 manifest.image_path(case_id, "mask"),
                 encoder,
-                OmegaConf.to_container(cfg.ct),
+                OmegaConf.to_container(cfg.ct, resolve=True),
                 device,
             )
         else:
@@ -67,8 +67,8 @@ def encode_modality(cfg: DictConfig, manifest: Manifest, modality: str) -> RunSu
                 case_id,
                 manifest.image_path(case_id, "wsi"),
                 encoder,
-                OmegaConf.to_container(cfg.wsi.tissue),
-                OmegaConf.to_container(cfg.wsi.tiling),
+                OmegaConf.to_container(cfg.wsi.tissue, resolve=True),
+                OmegaConf.to_container(cfg.wsi.tiling, resolve=True),
                 encoder_cfg.batch_size,
                 device,
             )

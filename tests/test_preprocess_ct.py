@@ -44,7 +44,8 @@ def _case(shape=(16, 36, 40), centre_index=TUMOUR_CENTRE_INDEX, seed=0):
     """Synthetic int16 CT (air, soft-tissue body, enhancing tumour, noise) and its tumour mask."""
     rng = np.random.default_rng(seed)
     distance = _physical_offsets(shape, centre_index)
-    body = _physical_offsets(shape, (shape[2] / 2, shape[1] / 2, shape[0] / 2)) < 16
+    y_mm = np.indices(shape)[1] * SPACING[1]
+    body = np.abs(y_mm - y_mm.max() / 2) < 12  # a slab across the whole x and z range
     hu = np.where(body, 40.0, -1000.0)
     tumour = distance <= TUMOUR_RADIUS_MM
     hu[tumour] = 150.0
@@ -56,6 +57,11 @@ def _centroid_mm(mask: sitk.Image) -> np.ndarray:
     stats = sitk.LabelShapeStatisticsImageFilter()
     stats.Execute(sitk.Cast(mask != 0, sitk.sitkUInt8))
     return np.array(stats.GetCentroid(1))
+
+
+def _outer_corner(image: sitk.Image) -> np.ndarray:
+    """Physical position of the outer corner of voxel (0, 0, 0)."""
+    return np.array(image.TransformContinuousIndexToPhysicalPoint((-0.5, -0.5, -0.5)))
 
 
 def _write_dicom_series(image: sitk.Image, folder: Path, series_uid: str) -> None:
@@ -138,9 +144,7 @@ def test_resampling_is_isotropic_and_keeps_extent_and_tumour_centroid():
     assert resampled.GetPixelID() == sitk.sitkFloat32 and resampled_mask.GetPixelID() == sitk.sitkUInt8
     assert resampled_mask.GetSize() == resampled.GetSize()
     # Same physical extent: outer corners agree, lengths agree within one new voxel.
-    for img in (image, resampled):
-        img.corner = np.array(img.TransformContinuousIndexToPhysicalPoint((-0.5, -0.5, -0.5)))
-    np.testing.assert_allclose(resampled.corner, image.corner, atol=1e-6)
+    np.testing.assert_allclose(_outer_corner(resampled), _outer_corner(image), atol=1e-6)
     lengths = np.array(image.GetSize()) * np.array(SPACING)
     assert np.all(np.abs(np.array(resampled.GetSize()) - lengths) <= 0.5)
     assert np.linalg.norm(_centroid_mm(resampled_mask) - _centroid_mm(mask)) < 0.5
@@ -217,13 +221,28 @@ def test_fixed_crop_has_crop_size_and_pads_with_air_near_the_border():
     prepared = preprocess_ct("c1", image, mask, crop="fixed", crop_size=(32, 24, 16), min_component_voxels=50)
     values, crop_mask = prepared.image_array(), prepared.mask_array()
     assert values.shape == (16, 24, 32) and crop_mask.shape == (16, 24, 32)
-    # x indices before the volume's first voxel are padding: air value 0 and mask 0.
-    first_inside = int(np.ceil(prepared.image.TransformPhysicalPointToContinuousIndex(
-        image.TransformContinuousIndexToPhysicalPoint((-0.5, 0, 0)))[0]))
-    assert first_inside > 0
-    assert np.all(values[:, :, :first_inside] == 0) and not crop_mask[:, :, :first_inside].any()
-    centroid = prepared.index_to_mm(np.argwhere(crop_mask).mean(axis=0))[0]
-    assert np.linalg.norm(centroid - _centroid_mm(mask)) < 0.5
+    # The crop is the resampled, windowed volume shifted by whole voxels, padded with air (0) and mask 0.
+    full, full_mask = resample_isotropic(image, mask, 1.0)
+    full = sitk.GetArrayFromImage(hu_window_normalise(full, -500, 500))
+    shift = np.rint(_continuous_index(full_mask, prepared.image.GetOrigin()))[::-1].astype(int)  # (z, y, x)
+    assert shift[2] < 0  # the crop starts before the volume: there is padding to check
+    pad = 40
+    expected = np.pad(full, pad)[tuple(slice(pad + s, pad + s + n) for s, n in zip(shift, values.shape))]
+    expected_mask = np.pad(sitk.GetArrayFromImage(full_mask), pad)[
+        tuple(slice(pad + s, pad + s + n) for s, n in zip(shift, values.shape))
+    ]
+    np.testing.assert_allclose(values, expected, atol=1e-6)
+    np.testing.assert_array_equal(crop_mask, expected_mask)
+    assert np.all(values[:, 8:16, : -shift[2]] == 0)  # padding where the volume holds body tissue
+    assert np.all(values[:, 8:16, -shift[2] :] > 0.4)
+    crop_centroid = np.argwhere(crop_mask).mean(axis=0)
+    assert np.all(np.abs(crop_centroid - (np.array(values.shape) - 1) / 2) <= 0.5)  # centred on the tumour
+    assert np.linalg.norm(prepared.index_to_mm(crop_centroid)[0] - _centroid_mm(mask)) < 0.5
+
+
+def _continuous_index(image: sitk.Image, point) -> np.ndarray:
+    """Continuous (x, y, z) index of a physical point on ``image``'s grid."""
+    return np.array(image.TransformPhysicalPointToContinuousIndex(point))
 
 
 @pytest.mark.parametrize(

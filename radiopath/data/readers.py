@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import re
 import zlib
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import SimpleITK as sitk
 from radiopath.errors import CaseError
 
 CT_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+_ITK_PREFIX = re.compile(r"^ITK ERROR: \w+\(0x[0-9a-fA-F]+\): ")
 
 
 def read_ct(path: str | Path, case_id: str) -> sitk.Image:
@@ -62,7 +64,7 @@ def _read_ct_file(path: Path, case_id: str) -> sitk.Image:
             _check_nifti_complete(path, case_id, reader)
         return reader.Execute()
     except RuntimeError as error:
-        raise CaseError(case_id, f"cannot read CT {path}: {_last_line(error)}") from error
+        raise CaseError(case_id, f"cannot read CT {path}: {_itk_message(error)}") from error
 
 
 def _check_nifti_complete(path: Path, case_id: str, reader: sitk.ImageFileReader) -> None:
@@ -106,13 +108,19 @@ def _read_dicom_series(folder: Path, case_id: str) -> sitk.Image:
         reader.SetFileNames(files)
         return reader.Execute()
     except RuntimeError as error:
-        raise CaseError(case_id, f"cannot read DICOM series in {folder}: {_last_line(error)}") from error
+        raise CaseError(case_id, f"cannot read DICOM series in {folder}: {_itk_message(error)}") from error
 
 
-def _last_line(error: Exception) -> str:
-    """The informative last line of a (multi-line) ITK exception message."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
+def _itk_message(error: Exception) -> str:
+    """The informative part of an ITK exception: its first and last message lines."""
+    lines = [
+        _ITK_PREFIX.sub("", line.strip())
+        for line in str(error).splitlines()
+        if line.strip() and not line.startswith("Exception thrown in")
+    ]
+    if not lines:
+        return type(error).__name__
+    return lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"
 
 
 def open_slide(path: str | Path, case_id: str) -> openslide.OpenSlide:

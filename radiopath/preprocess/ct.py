@@ -82,10 +82,10 @@ def preprocess_ct(
     image, mask = resample_isotropic(image, mask, spacing_mm)
     image = normalise_intensity(case_id, image, normalisation, hu_window)
     mask = largest_component(case_id, mask, min_component_voxels)
-    air = float(sitk.GetArrayViewFromImage(image).min())
     if crop == "margin":
         image, mask = crop_margin(image, mask, margin_mm)
     else:
+        air = float(sitk.GetArrayViewFromImage(image).min())
         image, mask = crop_fixed(image, mask, crop_size, pad_value=air)
     return PreparedCT(case_id=case_id, image=image, mask=mask)
 
