@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from radiopath.data.readers import open_slide, read_ct
+from radiopath.data.readers import open_slide, read_ct, slide_mpp
 from radiopath.encoders.base import TileEncoder, VolumeEncoder
 from radiopath.encoders.features import PatchFeatures
 from radiopath.errors import CaseError
@@ -59,6 +59,7 @@ def encode_wsi_case(
         raise CaseError(case_id, "the manifest gives no whole-slide image")
     slide = open_slide(wsi_path, case_id)
     try:
+        level0_mpp = slide_mpp(slide, case_id, fallback=tiling.get("fallback_mpp"))
         mask, downsample = tissue_mask(slide, case_id, **tissue)
         grid = tile_grid(slide, case_id, tissue=(mask, downsample), **tiling)
         chunks = []
@@ -74,4 +75,5 @@ def encode_wsi_case(
         features=np.concatenate(chunks),
         coords=grid.coords,
         patch_size=(grid.tile_size_level0, grid.tile_size_level0),
+        level0_mpp=level0_mpp,
     )
