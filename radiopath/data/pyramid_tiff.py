@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-from skimage.transform import downscale_local_mean
 
 from radiopath.io import atomic_write
 
@@ -26,9 +25,13 @@ def write_pyramidal_tiff(
     """Write uint8 RGB ``image`` (H, W, 3) at ``mpp`` µm/px with one level per downsample."""
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
+    if downsamples[0] != 1 or any(b % a for a, b in zip(downsamples, downsamples[1:])):
+        raise ValueError(f"downsamples must start at 1 and each divide the next, got {downsamples}")
+    level, previous = image, 1
     with atomic_write(path, "wb") as handle, tifffile.TiffWriter(handle, bigtiff=image.nbytes > 2**31) as writer:
         for i, factor in enumerate(downsamples):
-            level = image if factor == 1 else _downsample(image, factor)
+            level = _downsample(level, factor // previous)  # from the previous level: cheaper
+            previous = factor
             pixels_per_cm = 1e4 / (mpp * factor)
             writer.write(
                 level,
@@ -43,6 +46,8 @@ def write_pyramidal_tiff(
 
 def _downsample(image: np.ndarray, factor: int) -> np.ndarray:
     """Block-average by ``factor`` (cropping to a multiple of it)."""
-    h, w = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
-    reduced = downscale_local_mean(image[:h, :w].astype(np.float32), (factor, factor, 1))
-    return np.clip(reduced + 0.5, 0, 255).astype(np.uint8)
+    if factor == 1:
+        return image
+    h, w = image.shape[0] // factor, image.shape[1] // factor
+    blocks = image[: h * factor, : w * factor].reshape(h, factor, w, factor, 3)
+    return (blocks.mean(axis=(1, 3), dtype=np.float32) + 0.5).astype(np.uint8)
