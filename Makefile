@@ -23,9 +23,15 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-demo: $(STAMP)
+# The cohort is generated once, and again (with its features and graphs) when
+# conf/demo.yaml changes; the manifest is written last, so it marks a complete
+# cohort. Encoding and graph building skip the cases they have already done.
+demo: $(DEMO)/manifest.csv
+	$(PY) -m radiopath.build_graphs data.manifest=$(DEMO)/manifest.csv output_dir=graphs/demo
+
+$(DEMO)/manifest.csv: $(STAMP) conf/demo.yaml
+	rm -rf $(DEMO) graphs/demo
 	$(PY) -m radiopath.demo output_dir=$(DEMO)
-	$(PY) -m radiopath.encode data.manifest=$(DEMO)/manifest.csv
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -1,0 +1,25 @@
+"""Shared fixtures: hydra configs composed from conf/, small synthetic inputs."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+import radiopath.config  # noqa: F401  (registers the ${dirname:} resolver)
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+# Two cores: keep torch from oversubscribing them in tests.
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def compose_config():
+    """``compose_config(name, overrides)`` -> the composed hydra config."""
+
+    def _compose(name: str, overrides: list[str] = ()):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name=name, overrides=list(overrides))
+
+    return _compose
