@@ -1,0 +1,49 @@
+"""The build_graphs stage on ready-made patch features: resume, failures, statistics."""
+
+import numpy as np
+import pytest
+
+from radiopath.build_graphs import build_modality_graphs, graph_statistics
+from radiopath.encoders.features import PatchFeatures, features_path
+from radiopath.graphs import graph_path, load_graph
+
+
+def write_features(features_dir, case_id, seed):
+    rng = np.random.default_rng(seed)
+    coords = np.stack(np.meshgrid(np.arange(10), np.arange(8)), -1).reshape(-1, 2) * 512
+    PatchFeatures(case_id, "pathology", "hipt", rng.normal(size=(80, 6)), coords, (512, 512), level0_mpp=0.25).save(
+        features_path(features_dir, "pathology", "hipt", case_id)
+    )
+
+
+@pytest.fixture
+def stage_config(compose_config, tmp_path):
+    return compose_config(
+        "build_graphs",
+        [f"data.features_dir={tmp_path / 'features'}", f"output_dir={tmp_path / 'graphs'}", "encoder/pathology=hipt"],
+    )
+
+
+def test_builds_resumes_and_reports_failures(stage_config, tmp_path):
+    features_dir = tmp_path / "features"
+    for i, case_id in enumerate(["a", "b"]):
+        write_features(features_dir, case_id, i)
+    corrupt = features_path(features_dir, "pathology", "hipt", "c")
+    corrupt.write_bytes(b"not a torch file")
+
+    summary = build_modality_graphs(stage_config, ["a", "b", "c", "missing"], "pathology")
+    assert summary.done == ["a", "b"]
+    failed = dict(summary.failed)
+    assert set(failed) == {"c", "missing"}
+    assert "no pathology patch features" in failed["missing"]
+    assert (tmp_path / "graphs" / "pathology" / "failures.csv").is_file()
+
+    graph = load_graph(graph_path(tmp_path / "graphs", "pathology", "a"))
+    assert graph.case_id == "a" and graph.assignment.shape == (80,)
+    assert "2 graphs" in graph_statistics(tmp_path / "graphs", "pathology", ["a", "b"])
+
+    # A rerun skips finished cases; overwrite=true rebuilds them.
+    again = build_modality_graphs(stage_config, ["a", "b"], "pathology")
+    assert again.skipped == ["a", "b"] and again.done == []
+    stage_config.overwrite = True
+    assert build_modality_graphs(stage_config, ["a"], "pathology").done == ["a"]
