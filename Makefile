@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PIP) install --quiet numpy versioneer wheel "setuptools>=68"
 	$(PIP) install --quiet --no-build-isolation "pyradiomics==3.0.1"
-	$(PIP) install --quiet "torch==2.15.0" "torchvision==0.29.2"
+	$(PIP) install --quiet "torch==2.14.1" "torchvision==0.29.1"
 	$(PIP) install --quiet -e ".[dev]"
 	touch $(STAMP)
 
