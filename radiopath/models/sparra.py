@@ -1,0 +1,193 @@
+r"""SPARRA: sparsity-informed spatial aggregation of radiology and pathology graphs.
+
+Gao et al., MICCAI 2025, section 2 (equation numbers below are the paper's). One class
+serves one modality or several: ``in_dims`` names them.
+
+**Pooling module** (section 2.2), per modality m with its own weights:
+
+.. math::
+    H^{(0)} &= \mathrm{Dropout}(\mathrm{ReLU}(X_m W_m + c_m)) \\
+    H^{(k)}, \mathbf{i}^{(k)} &= \mathrm{TopK}_\rho\big(\mathrm{ReLU}(\mathrm{Conv}_k(H^{(k-1)}, A^{(k-1)}))\big),
+    \quad k = 1, 2
+
+with GCN convolutions (GIN or GAT selectable) and top-k pooling of ratio :math:`\rho`
+(0.2); :math:`f_{pool}(X_m) = H^{(2)}` holds the pooled nodes, which are original nodes
+:math:`\mathbf{i}^{(1)}[\mathbf{i}^{(2)}]`.
+
+**Importance and precision** (eqs. 3-4). A gated-attention network shared by all
+modalities maps every pooled node to :math:`(\mu_s, \ln\sigma_s^2)` of
+:math:`q(s \mid X) = \mathcal{N}(\mu_s, \sigma_s^2)`; eq. (4) gives
+:math:`q(v \mid s) = \mathcal{G}(\alpha_v, \beta_v)` under the prior
+:math:`\mathcal{NG}(\mu_0, \lambda_0, \alpha_0, \beta_0)`.
+
+**Spatial regression** (section 2.2, "SPARA"). Node weight = inverse mean precision,
+normalised over a group of pooled nodes:
+
+.. math::
+    \hat v_i = \frac{\beta_{v,i} / \alpha_{v,i}}{\sum_{j \in G(i)} \beta_{v,j} / \alpha_{v,j}}, \qquad
+    \mathbf{x}_b = \big[\, \textstyle\sum_{i \in P_{b,m}} \hat v_i\, H^{(2)}_i \,\big]_m, \qquad
+    \text{risk}_b = \boldsymbol\theta^\top \mathbf{x}_b + c
+
+The paper defines :math:`v` over the pooled nodes of both modalities together
+(:math:`v \in \mathbb{R}^{k^2(m_r+m_p)}`) but prints the normalisation with a modality
+subscript, :math:`\hat v = v_r^{-1} / \|v_r^{-1}\|_1`. We default to the first reading,
+``weight_norm="patient"``: :math:`G(i)` is all pooled nodes of the patient, every
+modality together, so the weights sum to one per patient and a modality's block is
+scaled by the share of importance its nodes carry. ``weight_norm="modality"`` takes the
+second: weights sum to one per patient and modality. A patient without modality m has a
+zero block for m (node features are standardised on the training fold, so zero is the
+training mean of the input; here it is simply "no evidence").
+
+**Loss terms** (eqs. 6 and 8), summed over each patient's pooled nodes and averaged over
+the B patients of the batch:
+
+.. math::
+    \text{kl} &= \tau_{vi} \tfrac1B \textstyle\sum_i
+        \mathbb{E}_{q(v)}\big[\mathrm{KL}(q(s_i \mid X) \,\|\, p(s_i \mid v_i))\big] \\
+    \text{recon} &= \tau_{vi} \, \tau \, \tfrac1B \textstyle\sum_i \tfrac12
+        \| x_i - D_m(\tilde s, A^{(2)})_i \|^2, \qquad
+        \tilde s = \mu_s + \sigma_s \epsilon,\ \epsilon \sim \mathcal{N}(0, 1)
+
+``recon`` is :math:`-\ln p(X \mid s)` of eq. (6) up to a constant: a Gaussian with
+precision :math:`\tau` (1e-3) on the pooled nodes' input features :math:`x_i`, decoded
+from the reparameterised sample by a per-modality graph decoder
+(Conv(1 → hidden) → ReLU → Linear(hidden → input width)). Eq. (8) weights the
+variational terms by one, so :math:`\tau_{vi} = 1` by default (section 3.1 gives no other
+value). Eq. (8) keeps only the first term of eq. (3); ``gamma_kl=True`` adds the second,
+:math:`\mathrm{KL}(q(v \mid s) \,\|\, p(v))`, to ``kl``. :math:`\beta_v` stays a function of
+:math:`(\mu_s, \sigma_s^2)`, so gradients flow through eq. (4). In eval mode the decoder
+gets :math:`\mu_s` and nothing is random.
+
+**Node importance**: :math:`\hat v_i` written back through both top-k permutations onto
+the original nodes; nodes dropped by pooling get 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.nn import TopKPooling, global_add_pool
+
+from radiopath.models.base import Aggregator, concat_blocks, patient_block
+from radiopath.models.batch import PatientBatch
+from radiopath.models.layers import GatedAttention, feature_encoder, graph_conv
+from radiopath.models.output import AggregatorOutput
+from radiopath.models.variational import expected_normal_kl, gamma_kl, gamma_posterior
+
+WEIGHT_NORMS = ("patient", "modality")
+
+
+class PoolingBranch(nn.Module):
+    """One modality's encoder and two conv -> ReLU -> top-k pooling blocks."""
+
+    def __init__(self, in_dim: int, hidden: int, dropout: float, conv: str, ratio: float):
+        super().__init__()
+        self.encoder = feature_encoder(in_dim, hidden, dropout)
+        self.convs = nn.ModuleList([graph_conv(conv, hidden, hidden) for _ in range(2)])
+        self.pools = nn.ModuleList([TopKPooling(hidden, ratio=ratio) for _ in range(2)])
+
+    def forward(self, x: Tensor, edge_index: Tensor, batch: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Pooled features, pooled edges, graph of each pooled node, its original node index."""
+        h = self.encoder(x)
+        nodes = torch.arange(x.size(0), device=x.device)
+        for conv, pool in zip(self.convs, self.pools):
+            h = conv(h, edge_index).relu()
+            h, edge_index, _, batch, perm, _ = pool(h, edge_index, batch=batch)
+            nodes = nodes[perm]
+        return h, edge_index, batch, nodes
+
+
+class GraphDecoder(nn.Module):
+    """Pooled nodes' input features from their importance sample: Conv(1 -> hidden) -> ReLU -> Linear."""
+
+    def __init__(self, hidden: int, out_dim: int, conv: str):
+        super().__init__()
+        self.conv = graph_conv(conv, 1, hidden)
+        self.out = nn.Linear(hidden, out_dim)
+
+    def forward(self, s: Tensor, edge_index: Tensor) -> Tensor:
+        return self.out(self.conv(s.unsqueeze(-1), edge_index).relu())
+
+
+class SPARRAAggregator(Aggregator):
+    """SPARRA for one or more modalities (see the module docstring for the equations).
+
+    Args:
+        in_dims: modality -> node-feature width (key order = block order).
+        hidden: encoder, convolution and decoder width; each modality block is this wide.
+        attention_dim: width of the gated-attention branches of the (μ_s, ln σ_s²) head.
+        dropout: dropout after each encoder (0.5, section 3.1).
+        conv: ``"gcn"`` (paper), ``"gin"`` or ``"gat"``.
+        ratio: top-k pooling ratio (0.2), or a dict modality -> ratio.
+        mu0, lambda0, alpha0, beta0: the Normal-Gamma prior (0, 1, 2, 1e-2 in the paper).
+        tau_vi: weight of both variational terms (1: eq. 8 weights them by one).
+        tau: precision of the Gaussian reconstruction likelihood (1e-3, eq. 6).
+        weight_norm: ``"patient"`` or ``"modality"``: over which pooled nodes weights sum to one.
+        gamma_kl: add the Gamma KL, the second term of eq. (3), to the ``kl`` term.
+    """
+
+    def __init__(self, in_dims: dict[str, int], hidden: int = 128, attention_dim: int = 64,
+                 dropout: float = 0.5, conv: str = "gcn", ratio: float | Mapping[str, float] = 0.2,
+                 mu0: float = 0.0, lambda0: float = 1.0, alpha0: float = 2.0, beta0: float = 1e-2,
+                 tau_vi: float = 1.0, tau: float = 1e-3, weight_norm: str = "patient",
+                 gamma_kl: bool = False):
+        super().__init__(in_dims)
+        if weight_norm not in WEIGHT_NORMS:
+            raise ValueError(f"weight_norm must be one of {WEIGHT_NORMS}, got {weight_norm!r}")
+        ratios = {m: ratio[m] if isinstance(ratio, Mapping) else ratio for m in self.modalities}
+        self.branches = nn.ModuleDict(
+            {m: PoolingBranch(d, hidden, dropout, conv, ratios[m]) for m, d in self.in_dims.items()})
+        self.importance_head = GatedAttention(hidden, attention_dim, out_dim=2)
+        self.decoders = nn.ModuleDict({m: GraphDecoder(hidden, d, conv) for m, d in self.in_dims.items()})
+        self.widths = {m: hidden for m in self.modalities}
+        self.out_dim = hidden * len(self.modalities)
+        self.risk_head = nn.Linear(self.out_dim, 1)
+        self.prior = dict(mu0=mu0, lambda0=lambda0, alpha0=alpha0, beta0=beta0)
+        self.tau_vi, self.tau = tau_vi, tau
+        self.weight_norm, self.gamma_kl = weight_norm, gamma_kl
+
+    def forward(self, batch: PatientBatch) -> AggregatorOutput:
+        present = [m for m in self.modalities if m in batch.graphs]
+        pooled = {m: self.branches[m](batch.graphs[m].x, batch.graphs[m].edge_index, batch.graphs[m].batch)
+                  for m in present}
+        sizes = [pooled[m][0].size(0) for m in present]
+        h = torch.cat([pooled[m][0] for m in present])
+        patient = torch.cat([batch.graphs[m].patient[pooled[m][2]] for m in present])
+
+        mu, log_var = self.importance_head(h).unbind(-1)
+        var = log_var.exp()
+        alpha_v, beta_v = gamma_posterior(mu, var, **self.prior)
+        weight = self._normalise(beta_v / alpha_v, patient, present, sizes, batch.num_patients)
+
+        s = mu + var.sqrt() * torch.randn_like(mu) if self.training else mu
+        blocks, importance, recon = {}, {}, h.new_zeros(())
+        for m, w, s_m in zip(present, weight.split(sizes), s.split(sizes)):
+            g = batch.graphs[m]
+            h_m, edge_index, graph, nodes = pooled[m]
+            z = global_add_pool(w.unsqueeze(-1) * h_m, graph, size=g.num_graphs)
+            blocks[m] = patient_block(z, g.patient, batch.num_patients)
+            importance[m] = w.detach().new_zeros(g.num_nodes).index_copy(0, nodes, w.detach())
+            recon = recon + 0.5 * (g.x[nodes] - self.decoders[m](s_m, edge_index)).pow(2).sum()
+
+        kl = expected_normal_kl(mu, var, alpha_v, beta_v, self.prior["mu0"], self.prior["lambda0"])
+        if self.gamma_kl:
+            kl = kl + gamma_kl(alpha_v, beta_v, self.prior["alpha0"], self.prior["beta0"])
+        vector = concat_blocks(blocks, self.widths, batch.num_patients)
+        loss_terms = {"kl": self.tau_vi * kl.sum() / batch.num_patients,
+                      "recon": self.tau_vi * self.tau * recon / batch.num_patients}
+        return AggregatorOutput(risk=self.risk_head(vector).squeeze(-1), vector=vector,
+                                loss_terms=loss_terms, node_importance=importance)
+
+    def _normalise(self, weight: Tensor, patient: Tensor, present: list[str], sizes: list[int],
+                   num_patients: int) -> Tensor:
+        """Divide each weight by the sum over its group (patient, or patient and modality)."""
+        group = patient
+        if self.weight_norm == "modality":
+            modality = torch.repeat_interleave(torch.arange(len(present), device=patient.device),
+                                               torch.tensor(sizes, device=patient.device))
+            group = patient * len(present) + modality
+            num_patients *= len(present)
+        total = weight.new_zeros(num_patients).index_add(0, group, weight)
+        return weight / total[group]
