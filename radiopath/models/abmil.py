@@ -11,7 +11,7 @@ For each modality m and patient b with nodes :math:`V_{b,m}`:
 
 The patient vector concatenates :math:`\mathbf{z}_{b,m}` over modalities, with a zero
 block for a modality the patient lacks, and a linear layer gives the log-risk
-:math:`\mathbf{\theta}^\top \mathbf{z}_b + c`.
+:math:`\mathbf{\theta}^\top \mathbf{z}_b`.
 Node importance is :math:`\alpha_i`, which sums to one per patient and modality.
 """
 
@@ -44,7 +44,8 @@ class ABMILAggregator(Aggregator):
         self.attention = nn.ModuleDict({m: GatedAttention(hidden, attention_dim) for m in self.modalities})
         self.widths = {m: hidden for m in self.modalities}
         self.out_dim = hidden * len(self.modalities)
-        self.head = nn.Linear(self.out_dim, 1)
+        # No bias: the Cox partial likelihood is blind to a shift of all risks.
+        self.head = nn.Linear(self.out_dim, 1, bias=False)
 
     def forward(self, batch: PatientBatch) -> AggregatorOutput:
         blocks, importance = {}, {}

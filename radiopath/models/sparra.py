@@ -26,7 +26,7 @@ normalised over a group of pooled nodes:
 .. math::
     \hat v_i = \frac{\beta_{v,i} / \alpha_{v,i}}{\sum_{j \in G(i)} \beta_{v,j} / \alpha_{v,j}}, \qquad
     \mathbf{x}_b = \big[\, \textstyle\sum_{i \in P_{b,m}} \hat v_i\, H^{(2)}_i \,\big]_m, \qquad
-    \text{risk}_b = \boldsymbol\theta^\top \mathbf{x}_b + c
+    \text{risk}_b = \boldsymbol\theta^\top \mathbf{x}_b
 
 The paper defines :math:`v` over the pooled nodes of both modalities together
 (:math:`v \in \mathbb{R}^{k^2(m_r+m_p)}`) but prints the normalisation with a modality
@@ -143,7 +143,8 @@ class SPARRAAggregator(Aggregator):
         self.decoders = nn.ModuleDict({m: GraphDecoder(hidden, d, conv) for m, d in self.in_dims.items()})
         self.widths = {m: hidden for m in self.modalities}
         self.out_dim = hidden * len(self.modalities)
-        self.risk_head = nn.Linear(self.out_dim, 1)
+        # No bias: the Cox partial likelihood is blind to a shift of all risks.
+        self.risk_head = nn.Linear(self.out_dim, 1, bias=False)
         self.prior = dict(mu0=mu0, lambda0=lambda0, alpha0=alpha0, beta0=beta0)
         self.tau_vi, self.tau = tau_vi, tau
         self.weight_norm, self.gamma_kl = weight_norm, gamma_kl
