@@ -1,0 +1,94 @@
+"""The survival stage end to end: read the inputs, run the benchmark, write the outputs.
+
+Outputs in ``output_dir`` (all written atomically): ``metrics.csv``,
+``summary.csv``, ``predictions.csv``, ``settings.json``, ``logrank.csv``,
+``km_{model}.png``, and ``folds.csv`` when the folds were made here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+from radiopath.io import atomic_write_csv, atomic_write_text
+from radiopath.survival.benchmark import BenchmarkResult, run_benchmark, summarise
+from radiopath.survival.data import folds_from_run, folds_from_table, make_folds, read_folds, read_survival
+from radiopath.survival.risk_groups import risk_group_analysis
+
+log = logging.getLogger(__name__)
+
+
+def output_dir_for(cfg) -> Path:
+    """``output_dir``, else ``{run_dir}/survival``, else ``survival/`` beside the feature table."""
+    if cfg.output_dir:
+        return Path(cfg.output_dir)
+    if cfg.run_dir:
+        return Path(cfg.run_dir) / "survival"
+    if cfg.features:
+        return Path(cfg.features).parent / "survival"
+    raise ValueError("give run_dir=RUN (a training run) and/or features=TABLE.csv")
+
+
+def _check_run_manifest(run_dir: Path, manifest: str) -> None:
+    """Warn when the training run names a different cohort manifest than ``data.manifest``."""
+    for candidate in (run_dir / "config.yaml", run_dir / "run.yaml", run_dir / ".hydra" / "config.yaml"):
+        if candidate.is_file():
+            used = OmegaConf.select(OmegaConf.load(candidate), "data.manifest", default=None)
+            if used and Path(used).resolve() != Path(manifest).resolve():
+                log.warning("%s was trained on %s but data.manifest is %s", run_dir, used, manifest)
+            return
+
+
+def load_folds(cfg, output_dir: Path) -> list:
+    """The outer folds from a run folder or a feature table (new folds are written to ``folds.csv``)."""
+    if cfg.features:
+        table = read_survival(cfg.features)
+        if cfg.run_dir:
+            folds = read_folds(Path(cfg.run_dir) / "folds.csv")
+        else:
+            folds = make_folds(table, cfg.n_folds, cfg.seed)
+            atomic_write_csv(folds.rename_axis("case_id").reset_index(), output_dir / "folds.csv")
+        return folds_from_table(table, folds)
+    if not cfg.run_dir:
+        raise ValueError("give run_dir=RUN (a training run) and/or features=TABLE.csv")
+    _check_run_manifest(Path(cfg.run_dir), cfg.data.manifest)
+    return folds_from_run(cfg.run_dir, read_survival(cfg.data.manifest))
+
+
+def write_outputs(result: BenchmarkResult, summary: pd.DataFrame, logrank: pd.DataFrame, cfg, output_dir: Path) -> None:
+    """The tables and ``settings.json`` (τ, grids, chosen hyperparameters per fold, seeds, config)."""
+    atomic_write_csv(result.metrics, output_dir / "metrics.csv")
+    atomic_write_csv(summary, output_dir / "summary.csv")
+    atomic_write_csv(result.predictions, output_dir / "predictions.csv")
+    atomic_write_csv(logrank, output_dir / "logrank.csv")
+    settings = {
+        "seed": cfg.seed,
+        "tuning_score": cfg.tuning.score,
+        "tau_quantile": cfg.metrics.tau_quantile,
+        "inputs": {
+            "run_dir": cfg.run_dir and str(Path(cfg.run_dir).resolve()),
+            "features": cfg.features and str(Path(cfg.features).resolve()),
+            "manifest": None if cfg.features else str(Path(cfg.data.manifest).resolve()),
+        },
+        "folds": {str(k): v for k, v in result.folds.items()},
+        "errors": result.errors,
+        # unresolved: only this stage's keys matter here, and they hold no interpolations
+        "config": OmegaConf.to_container(cfg, resolve=False),
+    }
+    atomic_write_text(json.dumps(settings, indent=2, allow_nan=True) + "\n", output_dir / "settings.json")
+
+
+def run_stage(cfg) -> tuple[BenchmarkResult, pd.DataFrame, Path]:
+    """Run the survival benchmark and the risk-group analysis; returns result, summary and output folder."""
+    output_dir = output_dir_for(cfg)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    folds = load_folds(cfg, output_dir)
+    result = run_benchmark(folds, cfg)
+    summary = summarise(result.metrics)
+    logrank = risk_group_analysis(result.predictions, output_dir, cfg)
+    write_outputs(result, summary, logrank, cfg, output_dir)
+    return result, summary, output_dir
