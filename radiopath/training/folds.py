@@ -1,0 +1,65 @@
+"""Patient-level cross-validation folds, written once and reused by every aggregator.
+
+``RUN/folds.csv`` (``case_id, fold``) is the contract: the first run of a comparison
+writes it, later runs read it, so Mean, ABMIL and SPARRA (and the survival stage)
+see exactly the same test patients.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedKFold
+
+from radiopath.io import atomic_write_csv
+
+
+def make_folds(case_ids: list[str], events: np.ndarray, n_folds: int = 5, seed: int = 0) -> pd.DataFrame:
+    """Disjoint folds stratified on the event indicator: ``case_id, fold``.
+
+    Every patient is in exactly one test fold. Stratification keeps the share of
+    events similar across folds, so no test fold is left without deaths when the
+    cohort has at least ``n_folds`` of them.
+    """
+    events = np.asarray(events, dtype=int)
+    if len(case_ids) < n_folds:
+        raise ValueError(f"{len(case_ids)} patients cannot make {n_folds} folds")
+    # StratifiedKFold needs every class n_folds times; otherwise fall back to plain shuffling.
+    counts = np.bincount(events, minlength=2)
+    if counts.min() >= n_folds:
+        splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        splits = splitter.split(np.zeros(len(events)), events)
+    else:
+        order = np.random.default_rng(seed).permutation(len(case_ids))
+        splits = ((None, part) for part in np.array_split(order, n_folds))
+    fold = np.empty(len(case_ids), dtype=int)
+    for k, (_, test) in enumerate(splits):
+        fold[test] = k
+    return pd.DataFrame({"case_id": list(case_ids), "fold": fold})
+
+
+def load_or_make_folds(path: str | Path, case_ids: list[str], events: np.ndarray, n_folds: int = 5,
+                       seed: int = 0) -> pd.DataFrame:
+    """Read ``folds.csv`` when it exists, else make folds and write them there.
+
+    An existing file must cover exactly ``case_ids``: a cohort that changed since
+    the folds were made is an error naming the cases, not a silent re-split.
+    """
+    path = Path(path)
+    if not path.is_file():
+        folds = make_folds(case_ids, events, n_folds, seed)
+        atomic_write_csv(folds, path)
+        return folds
+    folds = pd.read_csv(path, dtype={"case_id": str})
+    if set(folds.columns) < {"case_id", "fold"}:
+        raise ValueError(f"{path}: needs columns case_id, fold")
+    missing = sorted(set(case_ids) - set(folds["case_id"]))
+    extra = sorted(set(folds["case_id"]) - set(case_ids))
+    if missing or extra:
+        raise ValueError(
+            f"{path} does not match the cohort: not in the folds {missing[:10]}, not in the cohort {extra[:10]}; "
+            "delete the file to make new folds (every aggregator of a comparison must then be retrained)"
+        )
+    return folds.set_index("case_id").loc[case_ids].reset_index()
