@@ -222,3 +222,10 @@ def test_sparra_eval_is_deterministic_and_training_samples(patients):
     torch.manual_seed(2)
     c = model(batch).loss_terms["recon"]
     assert a.item() == b.item() != c.item()
+
+
+@pytest.mark.parametrize("name", ["mean", "abmil", "sparra"])
+def test_batch_without_the_models_modalities_rejected(patients, name):
+    model = build_aggregator(name, {"pathology": 6})
+    with pytest.raises(ValueError, match="no graph"):
+        model(collate_patients([{"radiology": patients[2]["radiology"]}]))

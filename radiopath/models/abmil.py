@@ -49,9 +49,7 @@ class ABMILAggregator(Aggregator):
 
     def forward(self, batch: PatientBatch) -> AggregatorOutput:
         blocks, importance = {}, {}
-        for m in self.modalities:
-            if m not in batch.graphs:
-                continue
+        for m in self.present(batch):
             g = batch.graphs[m]
             h = self.encoders[m](g.x)
             alpha = softmax(self.attention[m](h).squeeze(-1), g.batch, num_nodes=h.size(0))

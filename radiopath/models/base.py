@@ -30,6 +30,13 @@ class Aggregator(nn.Module):
     def forward(self, batch: PatientBatch) -> AggregatorOutput:
         raise NotImplementedError
 
+    def present(self, batch: PatientBatch) -> list[str]:
+        """The model's modalities that ``batch`` has graphs of, in ``modalities`` order."""
+        present = [m for m in self.modalities if m in batch.graphs]
+        if not present:
+            raise ValueError(f"the batch holds no graph of {self.modalities}")
+        return present
+
 
 def patient_block(per_graph: Tensor, patient: Tensor, num_patients: int) -> Tensor:
     """Scatter per-graph rows to patient rows; patients without the graph get zeros.
@@ -43,8 +50,6 @@ def patient_block(per_graph: Tensor, patient: Tensor, num_patients: int) -> Tens
 
 def concat_blocks(blocks: dict[str, Tensor], widths: dict[str, int], num_patients: int) -> Tensor:
     """Concatenate per-modality patient blocks in ``widths`` key order (zeros where absent)."""
-    if not blocks:
-        raise ValueError("the batch holds no graph of any modality this model uses")
     ref = next(iter(blocks.values()))
     return torch.cat(
         [blocks[m] if m in blocks else ref.new_zeros((num_patients, w)) for m, w in widths.items()],

@@ -29,11 +29,10 @@ class MeanAggregator(Aggregator):
 
     def forward(self, batch: PatientBatch) -> AggregatorOutput:
         blocks = {}
-        for m in self.modalities:
-            if m in batch.graphs:
-                g = batch.graphs[m]
-                means = global_mean_pool(g.x, g.batch, size=g.num_graphs)
-                blocks[m] = patient_block(means, g.patient, batch.num_patients)
+        for m in self.present(batch):
+            g = batch.graphs[m]
+            means = global_mean_pool(g.x, g.batch, size=g.num_graphs)
+            blocks[m] = patient_block(means, g.patient, batch.num_patients)
         vector = concat_blocks(blocks, self.in_dims, batch.num_patients)
         risk = torch.full((batch.num_patients,), float("nan"), dtype=vector.dtype, device=vector.device)
         return AggregatorOutput(risk=risk, vector=vector)

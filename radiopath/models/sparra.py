@@ -150,7 +150,7 @@ class SPARRAAggregator(Aggregator):
         self.weight_norm, self.gamma_kl = weight_norm, gamma_kl
 
     def forward(self, batch: PatientBatch) -> AggregatorOutput:
-        present = [m for m in self.modalities if m in batch.graphs]
+        present = self.present(batch)
         pooled = {m: self.branches[m](batch.graphs[m].x, batch.graphs[m].edge_index, batch.graphs[m].batch)
                   for m in present}
         sizes = [pooled[m][0].size(0) for m in present]
