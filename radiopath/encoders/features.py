@@ -59,7 +59,7 @@ class PatchFeatures:
             )
         if self.modality == "pathology" and not (self.level0_mpp and self.level0_mpp > 0):
             raise ValueError(f"case {self.case_id!r}: pathology features need the slide's level0_mpp")
-        if not np.isfinite(self.features).all():
+        if not _all_finite(self.features):
             raise ValueError(f"case {self.case_id!r}: {self.modality} features contain NaN or inf")
 
     @property
@@ -96,6 +96,11 @@ class PatchFeatures:
             patch_size=data["patch_size"].numpy(),
             level0_mpp=data.get("level0_mpp"),
         )
+
+
+def _all_finite(values: np.ndarray, rows: int = 8192) -> bool:
+    """``np.isfinite(values).all()`` a block of rows at a time (no full-size bool temporary)."""
+    return all(np.isfinite(values[start:start + rows]).all() for start in range(0, len(values), rows))
 
 
 def features_path(features_dir: str | Path, modality: str, encoder: str, case_id: str) -> Path:

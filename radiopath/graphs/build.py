@@ -12,9 +12,9 @@ from radiopath.graphs.edges import delaunay_edges, knn_edges, radius_edges
 
 
 def patch_positions(patches: PatchFeatures) -> np.ndarray:
-    """Patch centres in physical units: µm for slides, mm for CT."""
+    """Patch centres in physical units (float64): µm for slides, mm for CT."""
     if patches.modality == "pathology":
-        return (patches.coords + patches.patch_size / 2) * patches.level0_mpp
+        return (patches.coords.astype(np.float64) + patches.patch_size / 2) * patches.level0_mpp
     return patches.coords.astype(np.float64)
 
 
@@ -64,11 +64,17 @@ def build_graph(
     )
 
 
-def _cluster_means(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Row means of ``values`` per cluster label (float64 for exact positions)."""
-    labels = torch.from_numpy(labels)
+def _cluster_means(values: np.ndarray, labels: np.ndarray, chunk: int = 16384) -> np.ndarray:
+    """Row means of ``values`` per cluster label, summed in float64 (exact positions).
+
+    Rows are converted to float64 ``chunk`` at a time, so a large float32 feature
+    matrix never gets a whole float64 copy.
+    """
+    labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     n = int(labels.max()) + 1
     sums = torch.zeros(n, values.shape[1], dtype=torch.float64)
-    sums.index_add_(0, labels, torch.from_numpy(np.asarray(values, dtype=np.float64)))
-    counts = torch.bincount(labels, minlength=n).unsqueeze(1)
-    return (sums / counts).numpy()
+    for start in range(0, len(values), chunk):
+        rows = torch.from_numpy(np.asarray(values[start:start + chunk], dtype=np.float64))
+        sums.index_add_(0, labels[start:start + chunk], rows)
+    sums /= torch.bincount(labels, minlength=n).unsqueeze(1)
+    return sums.numpy()
