@@ -37,10 +37,25 @@ def time_grid(y_train: np.ndarray, y_test: np.ndarray, quantiles, size: int) -> 
         raise ValueError("no events in the test fold")
     low, high = np.quantile(test_time, quantiles)
     low = max(low, test_time[test_event].min(), y_train["time"].min())
-    high = min(high, y_train["time"].max(), np.nextafter(test_time.max(), -np.inf))
+    high = min(high, np.nextafter(y_train["time"].max(), -np.inf), np.nextafter(test_time.max(), -np.inf))
     if not low < high:
         raise ValueError(f"no valid time grid: the test quantiles, test events and training follow-up leave [{low}, {high}]")
     return np.linspace(low, high, size)
+
+
+def within_follow_up(y_train: np.ndarray, y_test: np.ndarray) -> np.ndarray:
+    """Test follow-up censored at the last training time, where the censoring estimate ends.
+
+    scikit-survival cannot weight a test event after the last training time.
+    For grid times before that point the dynamic AUC and the Brier score are
+    unchanged: such a patient is a control, or still alive, either way.
+    """
+    horizon = y_train["time"].max()
+    beyond = y_test["time"] > horizon
+    truncated = y_test.copy()
+    truncated["time"][beyond] = horizon
+    truncated["event"][beyond] = False
+    return truncated
 
 
 def harrell_c(y_test: np.ndarray, risk: np.ndarray) -> float:
@@ -54,14 +69,14 @@ def uno_c(y_train: np.ndarray, y_test: np.ndarray, risk: np.ndarray, tau: float)
 
 
 def mean_cd_auc(y_train: np.ndarray, y_test: np.ndarray, risk: np.ndarray, times: np.ndarray) -> float:
-    """Cumulative/dynamic AUC averaged over ``times`` (weighted by the KM drop, as scikit-survival)."""
-    return float(cumulative_dynamic_auc(y_train, y_test, risk, times)[1])
+    """Cumulative/dynamic AUC averaged over ``times`` (weighted by the KM drop, as scikit-survival does)."""
+    return float(cumulative_dynamic_auc(y_train, within_follow_up(y_train, y_test), risk, times)[1])
 
 
 def ibs(y_train: np.ndarray, y_test: np.ndarray, survival_functions, times: np.ndarray) -> float:
     """Integrated Brier score of predicted survival functions over ``times``."""
     probabilities = np.vstack([fn(times) for fn in survival_functions])
-    return float(integrated_brier_score(y_train, y_test, probabilities, times))
+    return float(integrated_brier_score(y_train, within_follow_up(y_train, y_test), probabilities, times))
 
 
 def make_scorer(name: str, y_reference: np.ndarray, tau: float):
