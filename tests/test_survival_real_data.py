@@ -106,9 +106,8 @@ def test_gbsg2_matches_direct_scikit_survival(compose_config, tmp_path, capsys):
 
         alpha = fold["models"]["Coxnet"]["chosen"]["model__alphas"]
         assert alpha in fold["models"]["Coxnet"]["grid"]["model__alphas"]
-        coxnet = make_pipeline(
-            StandardScaler(), CoxnetSurvivalAnalysis(l1_ratio=0.5, alphas=alpha, fit_baseline_model=True, max_iter=100000)
-        ).fit(X_train, y_train)
+        coxnet = CoxnetSurvivalAnalysis(l1_ratio=0.5, alphas=alpha, fit_baseline_model=True, max_iter=100000)
+        coxnet = make_pipeline(StandardScaler(), coxnet).fit(X_train, y_train)
         survival = np.vstack([fn(times) for fn in coxnet.predict_survival_function(X_test)])
         assert stage_metric(metrics, k, "Coxnet", "ibs") == pytest.approx(
             integrated_brier_score(y_train, y_test, survival, times), rel=1e-9

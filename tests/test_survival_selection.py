@@ -65,7 +65,12 @@ def test_selector_only_ever_sees_training_rows(compose_config, tmp_path, monkeyp
     monkeypatch.setattr(UnivariateCoxSelector, "fit", spy_fit)
     cfg = compose_config(
         "survival",
-        [f"features={tmp_path / 'table.csv'}", "models=[CoxPH]", "tuning.inner_folds=3", "estimators.CoxPH.alpha=[1.0]"],
+        [
+            f"features={tmp_path / 'table.csv'}",
+            "models=[CoxPH]",
+            "tuning.inner_folds=3",
+            "estimators.CoxPH.alpha=[1.0]",
+        ],
     )
     run_stage(cfg)
 

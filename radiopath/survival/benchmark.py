@@ -48,8 +48,8 @@ def format_summary(summary: pd.DataFrame) -> str:
     """The closing table: one row per metric, one column per model, ``mean ± std (n folds)``."""
     cells = summary.assign(
         cell=[
-            "N/A" if n == 0 else f"{m:.3f} ± {s:.3f} ({n})"
-            for m, s, n in zip(summary["mean"], summary["std"].fillna(0.0), summary["n_folds"])
+            "N/A" if n == 0 else f"{m:.3f} ± {s:.3f} ({n})" if n > 1 else f"{m:.3f} ({n})"
+            for m, s, n in zip(summary["mean"], summary["std"], summary["n_folds"])
         ]
     )
     table = cells.pivot(index="metric", columns="model", values="cell")
@@ -91,7 +91,7 @@ def _score(fold: SurvivalFold, final, risk: np.ndarray, tau: float, times, grid_
 def tune_and_fit(name: str, fold: SurvivalFold, cfg, tau: float, memory) -> tuple:
     """Grid search on the training part (inner stratified CV), then a final fit with the best parameters.
 
-    Returns the fitted pipeline, a settings dict and the warnings of the final fit.
+    Returns the fitted pipeline and its settings (grid, choice, selected features, fit warnings).
     """
     pipeline = make_pipeline(
         make_estimator(name, cfg.estimators[name], cfg.seed), dict(cfg.selection), memory=memory
@@ -102,7 +102,7 @@ def tune_and_fit(name: str, fold: SurvivalFold, cfg, tau: float, memory) -> tupl
     search = GridSearchCV(
         pipeline,
         grid,
-        scoring=metrics.make_scorer(cfg.tuning.score, fold.y_train, tau),
+        scoring=metrics.tuning_scorer(cfg.tuning.score, fold.y_train, tau),
         cv=splits,
         error_score=np.nan,
         refit=False,
@@ -121,16 +121,20 @@ def tune_and_fit(name: str, fold: SurvivalFold, cfg, tau: float, memory) -> tupl
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         final.fit(fold.X_train, fold.y_train)
-    fit_warnings = sorted({f"{w.category.__name__}: {w.message}" for w in caught if issubclass(w.category, ConvergenceWarning)})
+    fit_warnings = sorted(
+        {f"{w.category.__name__}: {w.message}" for w in caught if issubclass(w.category, ConvergenceWarning)}
+    )
     settings = {
         "grid": {k: [_plain(v) for v in values] for k, values in grid.items()},
         "chosen": {k: _plain(v) for k, v in chosen.items()},
         "inner_cv_score": float(scores[best]),
         "inner_cv_failed_candidates": int(np.isnan(scores).sum()),
         "selected_features": [str(f) for f in final[:-2].get_feature_names_out()],
+        # no feature passed the p-value threshold, the best one was kept
+        "univariate_cox_fallback": bool("univariate_cox" in final.named_steps and final["univariate_cox"].fallback_),
         "fit_warnings": fit_warnings,
     }
-    return final, settings, fit_warnings
+    return final, settings
 
 
 def _plain(value):
@@ -150,12 +154,13 @@ def run_benchmark(folds: list[SurvivalFold], cfg) -> BenchmarkResult:
     ) as bar:
         for fold in folds:
             tau = metrics.tau_for(fold.y_train, cfg.metrics.tau_quantile)
+            times, grid_error = None, None
             try:
-                times, grid_error = metrics.time_grid(
+                times = metrics.time_grid(
                     fold.y_train, fold.y_test, list(cfg.metrics.time_quantiles), cfg.metrics.time_grid_size
-                ), None
+                )
             except ValueError as error:
-                times, grid_error = None, f"ValueError: {error}"
+                grid_error = f"ValueError: {error}"
             fold_settings[fold.fold] = {
                 "n_train": len(fold.y_train),
                 "n_test": len(fold.y_test),
@@ -170,10 +175,10 @@ def run_benchmark(folds: list[SurvivalFold], cfg) -> BenchmarkResult:
                 try:
                     if not fold.y_train["event"].any():
                         raise ValueError("no events in the training part: nothing to fit")
-                    final, settings, fit_warnings = tune_and_fit(name, fold, cfg, tau, cache)
+                    final, settings = tune_and_fit(name, fold, cfg, tau, cache)
                     risk = final.predict(fold.X_test)
                     scored = _score(fold, final, risk, tau, times, grid_error)
-                    fit_note = "; ".join(fit_warnings)
+                    fit_note = "; ".join(settings["fit_warnings"])
                 except Exception as error:  # noqa: BLE001 - one failed model must not stop the benchmark
                     reason = f"fit failed: {type(error).__name__}: {error}"
                     errors.append(f"fold {fold.fold} {name}: {reason}")

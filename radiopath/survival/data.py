@@ -11,6 +11,7 @@ Two sources give the same :class:`SurvivalFold` objects:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 from sksurv.util import Surv
+
+log = logging.getLogger(__name__)
 
 SURVIVAL_COLUMNS = ("os_time", "os_event")
 
@@ -101,6 +104,9 @@ def folds_from_table(table: pd.DataFrame, folds: pd.Series) -> list[SurvivalFold
     missing = table.index.difference(folds.index)
     if len(missing):
         raise ValueError(f"case(s) without a fold: {', '.join(missing)}")
+    unused = folds.index.difference(table.index)
+    if len(unused):
+        log.warning("%d patient(s) of folds.csv are not in the feature table: %s", len(unused), ", ".join(unused))
     features = table.drop(columns=list(SURVIVAL_COLUMNS))
     folds = folds.loc[table.index]
     return [_split(k, features, table, (folds == k).to_numpy()) for k in sorted(folds.unique())]

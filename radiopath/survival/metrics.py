@@ -39,7 +39,9 @@ def time_grid(y_train: np.ndarray, y_test: np.ndarray, quantiles, size: int) -> 
     low = max(low, test_time[test_event].min(), y_train["time"].min())
     high = min(high, np.nextafter(y_train["time"].max(), -np.inf), np.nextafter(test_time.max(), -np.inf))
     if not low < high:
-        raise ValueError(f"no valid time grid: the test quantiles, test events and training follow-up leave [{low}, {high}]")
+        raise ValueError(
+            f"no valid time grid: the test quantiles, test events and training follow-up leave [{low}, {high}]"
+        )
     return np.linspace(low, high, size)
 
 
@@ -79,7 +81,7 @@ def ibs(y_train: np.ndarray, y_test: np.ndarray, survival_functions, times: np.n
     return float(integrated_brier_score(y_train, within_follow_up(y_train, y_test), probabilities, times))
 
 
-def make_scorer(name: str, y_reference: np.ndarray, tau: float):
+def tuning_scorer(name: str, y_reference: np.ndarray, tau: float):
     """A GridSearchCV scorer: ``cindex`` (Harrell) or ``cipcw`` (Uno at ``tau``).
 
     For ``cipcw`` the censoring distribution comes from ``y_reference``, the
