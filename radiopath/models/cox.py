@@ -39,16 +39,19 @@ def cox_partial_nll(risk: Tensor, time: Tensor, event: Tensor, ties: str = "bres
 
     order = torch.argsort(time, descending=True)
     risk, time, event = risk[order], time[order], event[order]
-    _, counts = torch.unique_consecutive(time, return_counts=True)
-    group = torch.repeat_interleave(torch.arange(len(counts), device=risk.device), counts)
-    last = torch.cumsum(counts, 0) - 1
+    starts = torch.ones_like(event)
+    starts[1:] = time[1:] != time[:-1]
+    group = torch.cumsum(starts, 0) - 1
+    ends = torch.ones_like(event)
+    ends[:-1] = starts[1:]
+    last = ends.nonzero().squeeze(1)
     # log sum_{t_j >= t_g} exp(r_j): the running log-sum-exp at the last tied member.
     log_risk_set = torch.logcumsumexp(risk, 0)[last][group]
 
     event_risk = risk[event]
     log_denominator = log_risk_set[event]
     if ties == "efron":
-        log_denominator = log_denominator + _efron_correction(event_risk, group[event], log_denominator, len(counts))
+        log_denominator = log_denominator + _efron_correction(event_risk, group[event], log_denominator, len(last))
     return (log_denominator - event_risk).sum() / n_events
 
 
