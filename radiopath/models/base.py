@@ -41,8 +41,8 @@ class Aggregator(nn.Module):
 def patient_block(per_graph: Tensor, patient: Tensor, num_patients: int) -> Tensor:
     """Scatter per-graph rows to patient rows; patients without the graph get zeros.
 
-    Node features are standardised on the training fold, so a zero block is the
-    training mean: a missing modality contributes an average patient, not a signal.
+    Each aggregator's docstring says what a zero block means for it (for Mean, the
+    training mean of the standardised node features).
     """
     block = per_graph.new_zeros((num_patients, per_graph.size(1)))
     return block.index_copy(0, patient, per_graph)

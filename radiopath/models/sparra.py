@@ -155,12 +155,19 @@ class SPARRAAggregator(Aggregator):
                   for m in present}
         sizes = [pooled[m][0].size(0) for m in present]
         h = torch.cat([pooled[m][0] for m in present])
-        patient = torch.cat([batch.graphs[m].patient[pooled[m][2]] for m in present])
+        patients = [batch.graphs[m].patient[pooled[m][2]] for m in present]
+        # Weights sum to one over a group: the patient, or the patient's modality.
+        if self.weight_norm == "modality":
+            group = torch.cat([p * len(present) + i for i, p in enumerate(patients)])
+            num_groups = batch.num_patients * len(present)
+        else:
+            group, num_groups = torch.cat(patients), batch.num_patients
 
         mu, log_var = self.importance_head(h).unbind(-1)
         var = log_var.exp()
         alpha_v, beta_v = gamma_posterior(mu, var, **self.prior)
-        weight = self._normalise(beta_v / alpha_v, patient, present, sizes, batch.num_patients)
+        weight = beta_v / alpha_v
+        weight = weight / weight.new_zeros(num_groups).index_add(0, group, weight)[group]
 
         s = mu + var.sqrt() * torch.randn_like(mu) if self.training else mu
         blocks, importance, recon = {}, {}, h.new_zeros(())
@@ -180,15 +187,3 @@ class SPARRAAggregator(Aggregator):
                       "recon": self.tau_vi * self.tau * recon / batch.num_patients}
         return AggregatorOutput(risk=self.risk_head(vector).squeeze(-1), vector=vector,
                                 loss_terms=loss_terms, node_importance=importance)
-
-    def _normalise(self, weight: Tensor, patient: Tensor, present: list[str], sizes: list[int],
-                   num_patients: int) -> Tensor:
-        """Divide each weight by the sum over its group (patient, or patient and modality)."""
-        group = patient
-        if self.weight_norm == "modality":
-            modality = torch.repeat_interleave(torch.arange(len(present), device=patient.device),
-                                               torch.tensor(sizes, device=patient.device))
-            group = patient * len(present) + modality
-            num_patients *= len(present)
-        total = weight.new_zeros(num_patients).index_add(0, group, weight)
-        return weight / total[group]
