@@ -26,6 +26,7 @@ from radiopath.data.readers import open_slide
 from radiopath.encoders.features import PatchFeatures, features_path
 from radiopath.graphs import graph_path, load_graph
 from radiopath.graphs.io import save_graph
+from radiopath.io import atomic_torch_save
 from radiopath.report.overlays import paint, patch_importance, tumour_slices
 from radiopath.survival import summarise
 from radiopath.survival.stage import run_stage
@@ -161,13 +162,15 @@ def report(tmp_path_factory):
         cfg = compose("survival", [f"run_dir={runs[0]}", f"data.manifest={manifest}", *FAST])
     run_stage(cfg)
     plant_survival(runs[0] / "survival", runs[2] / "survival")
+    fold_of = folds.set_index("case_id")["fold"]
     for case_id in imaged["case_id"]:
         importance = {}
         for modality in ("radiology", "pathology"):
             n_nodes = load_graph(graph_path(root / "graphs", modality, case_id)).num_nodes
             importance[modality] = torch.linspace(0, 1, n_nodes)
-        (runs[2] / "fold0" / "importance").mkdir(exist_ok=True)
-        torch.save(importance, runs[2] / "fold0" / "importance" / f"{case_id}.pt")
+        atomic_torch_save(importance, runs[2] / f"fold{fold_of[case_id]}" / "importance" / f"{case_id}.pt")
+    # a patient with importance but no graphs or images: the report must say so and go on
+    atomic_torch_save({"radiology": torch.ones(4)}, runs[2] / f"fold{fold_of['case000']}" / "importance" / "case000.pt")
 
     out = root / "report"
     command = [sys.executable, "-m", "radiopath.report", f"run_dirs=[{','.join(map(str, runs))}]",
@@ -307,6 +310,7 @@ def test_missing_pieces_and_settings_are_stated(report):
     assert "ABMIL (radiology+pathology): no survival outputs, not in the table" in text
     assert "the Mean aggregator is not trained" in text
     assert "no node-importance files" in text
+    assert "SPARRA (radiology+pathology), case000, radiology: not drawn (FileNotFoundError" in text
     settings = json.loads((runs[0] / "survival" / "settings.json").read_text())
     assert f"{settings['folds']['0']['tau']:.4g}" in text  # τ of fold 0
     assert "Harrell" in text and "inverse probability of censoring" in text

@@ -1,4 +1,4 @@
-"""The comparison report of several training runs: Table 1, metric and KM figures, training curves, importance overlays."""
+"""The comparison report of training runs: Table 1, metric and KM figures, training curves, importance overlays."""
 
 from radiopath.report.build import build_report
 

@@ -132,7 +132,12 @@ def overlay_section(runs: list[Run], slugs: list[str], figures: Path, cfg) -> st
                 problems.append(f"{run.label}: no config.yaml, so no graphs or images to paint {case_id} on")
                 continue
             data = run.config.data
-            for modality, nodes in overlays.load_importance(run.importance[case_id]).items():
+            try:
+                importance = overlays.load_importance(run.importance[case_id])
+            except Exception as error:  # noqa: BLE001 - a damaged file is reported like a missing one
+                problems.append(f"{run.label}: cannot read {run.importance[case_id]} ({type(error).__name__}: {error})")
+                continue
+            for modality, nodes in importance.items():
                 try:
                     if data.manifest not in manifests:
                         manifests[data.manifest] = load_manifest(data.manifest)
@@ -177,7 +182,8 @@ def survival_settings(run: Run) -> str:
             "train (events)": f"{info['n_train']} ({info['events_train']})",
             "test (events)": f"{info['n_test']} ({info['events_test']})",
             "τ (C-IPCW)": f"{info['tau']:.4g}",
-            "time grid (C/D AUC, IBS)": "none" if grid is None else f"{len(grid)} times, {grid[0]:.4g} – {grid[-1]:.4g}",
+            "time grid (C/D AUC, IBS)": "none" if grid is None
+            else f"{len(grid)} times, {grid[0]:.4g} – {grid[-1]:.4g}",
         })
         row = {"fold": fold}
         for model, fitted in info["models"].items():

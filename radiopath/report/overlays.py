@@ -55,7 +55,7 @@ def patch_importance(graph_dir: str, features_dir: str, modality: str, case_id: 
 
 
 def paint(shape: tuple[int, int], lo: np.ndarray, hi: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Mean of ``values`` over boxes ``[lo, hi)`` (x, y in pixel-edge units) on a ``(rows, cols)`` grid; NaN elsewhere."""
+    """Mean of ``values`` over boxes ``[lo, hi)`` (x, y, pixel-edge units) on a ``(rows, cols)`` grid; NaN elsewhere."""
     total = np.zeros(shape)
     count = np.zeros(shape)
     # round half up, after dropping float noise, so that abutting boxes neither overlap nor leave gaps
@@ -105,7 +105,7 @@ def _index_transform(image: sitk.Image) -> np.ndarray:
 
 
 def tumour_slices(mask: np.ndarray, n: int) -> list[int]:
-    """Up to ``n`` distinct axial indices through the tumour: the middle of each of ``n`` equal parts of its z-extent."""
+    """Up to ``n`` distinct axial indices through the tumour: the middles of ``n`` equal parts of its z-extent."""
     zs = np.flatnonzero(mask.any(axis=(1, 2)))
     if len(zs) == 0:
         raise ValueError("the tumour mask is empty")

@@ -111,8 +111,8 @@ def km_panels(run: Run, figures_dir: Path, slug: str) -> tuple[list[tuple[str, P
     survival = run.survival
     if survival is None:
         return [], []
-    if survival.predictions is None or survival.predictions.empty or survival.settings is None:
-        return [], ["Kaplan–Meier curves need predictions.csv and settings.json of the survival stage"]
+    if survival.predictions is None or survival.predictions.empty or "config" not in (survival.settings or {}):
+        return [], ["Kaplan–Meier curves need the survival stage's predictions.csv and settings.json"]
     config = OmegaConf.create(survival.settings["config"])
     threshold = config.risk_groups.threshold
     grouped = assign_groups(survival.predictions, threshold)
