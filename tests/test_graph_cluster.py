@@ -106,3 +106,11 @@ def test_pair_order_and_orientation_do_not_change_the_clusters():
     flipped = shuffle % 2 == 0
     a, b = np.where(flipped, j[shuffle], i[shuffle]), np.where(flipped, i[shuffle], j[shuffle])
     assert average_linkage_clusters(len(pos), a, b, s[shuffle], 0.8).tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("batch_elements", [1, 2000, 2**24])
+def test_pair_feature_distances_in_any_batch_size(batch_elements):
+    features, pos = tissue_like(300, 2, 6)
+    i, j, _ = cluster.neighbour_pairs(pos, 2.0)
+    got = cluster.pair_feature_distances(features, pos, i, j, cell=2.0, batch_elements=batch_elements)
+    np.testing.assert_allclose(got, np.linalg.norm(features[i] - features[j], axis=1), rtol=1e-5, atol=1e-4)

@@ -75,35 +75,65 @@ def neighbour_pairs(pos: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndar
 
 
 def pair_feature_distances(features: np.ndarray, pos: np.ndarray, i: np.ndarray, j: np.ndarray,
-                           cell: float) -> np.ndarray:
+                           cell: float, batch_elements: int = 2**24) -> np.ndarray:
     r""":math:`\lVert x_i - x_j \rVert` for spatially close pairs, by blocked matrix products.
 
     Patches are bucketed into spatial cells of side ``cell`` (>= the pair radius), so
     both ends of a pair lie in neighbouring cells. For each cell the Gram matrix
-    between its patches and those of its neighbourhood comes from one matrix product,
+    between its patches and those of its neighbourhood comes from a matrix product,
     and :math:`\lVert a-b\rVert^2 = \lVert a\rVert^2 + \lVert b\rVert^2 - 2a\cdot b` is
-    read off it: much faster than gathering two feature rows per pair.
+    read off it: much faster than gathering two feature rows per pair. Cells go
+    through one batched product (``torch.bmm``, padded to the batch's largest cell)
+    as many at a time as keep the gathered rows under ``batch_elements`` numbers:
+    a few hundred large parallel operations instead of thousands of small ones,
+    which matters when the cores are shared.
     """
     out = np.empty(len(i), dtype=np.float64)
     if len(i) == 0:
         return out
-    feats = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+    features = np.ascontiguousarray(features, dtype=np.float32)
+    feats = torch.from_numpy(features)
+    dim = features.shape[1]
     sq = (feats * feats).sum(1)
     cells = np.floor((pos - pos.min(0)) / cell).astype(np.int64)
     cell_id = np.ravel_multi_index(cells.T, cells.max(0) + 1)
-    row_cell = cell_id[i]
+    row_cell = cell_id.astype(_index_dtype(cell_id.max() + 1))[i]
     order = np.argsort(row_cell, kind="stable")
-    row_cells, starts = np.unique(row_cell[order], return_index=True)
+    row_cell = row_cell[order]
+    change = row_cell[1:] != row_cell[:-1]
     del row_cell
-    bounds = np.append(starts, len(order))
-    for k in range(len(row_cells)):
+    bounds = np.concatenate([[0], np.flatnonzero(change) + 1, [len(order)]])
+    del change
+
+    def flush(batch):
+        """One padded batched product for the cells in ``batch``: (pairs, rows, row_local, cols, col_local)."""
+        n_rows = max(len(b[1]) for b in batch)
+        n_cols = max(len(b[3]) for b in batch)
+        row_index = np.zeros((len(batch), n_rows), dtype=np.int64)  # padding: row 0, never read
+        col_index = np.zeros((len(batch), n_cols), dtype=np.int64)
+        flat = []
+        for k, (_, rows, row_local, cols, col_local) in enumerate(batch):
+            row_index[k, :len(rows)] = rows
+            col_index[k, :len(cols)] = cols
+            flat.append((k * n_rows + row_local) * n_cols + col_local)
+        gram = torch.bmm(feats[torch.from_numpy(row_index)], feats[torch.from_numpy(col_index)].transpose(1, 2))
+        dots = gram.view(-1)[torch.from_numpy(np.concatenate(flat))]
+        pairs = np.concatenate([b[0] for b in batch])
+        sq_dist = sq[torch.from_numpy(i[pairs])] + sq[torch.from_numpy(j[pairs])] - 2 * dots
+        out[pairs] = sq_dist.clamp_min(0).sqrt().double().numpy()
+
+    batch, batch_rows, batch_cols = [], 0, 0
+    for k in range(len(bounds) - 1):
         block = order[bounds[k]:bounds[k + 1]]
         rows, row_local = np.unique(i[block], return_inverse=True)
         cols, col_local = np.unique(j[block], return_inverse=True)
-        gram = feats[rows] @ feats[cols].T
-        dots = gram[torch.from_numpy(row_local), torch.from_numpy(col_local)]
-        sq_dist = sq[rows][row_local] + sq[cols][col_local] - 2 * dots
-        out[block] = sq_dist.clamp_min(0).sqrt().double().numpy()
+        grown_rows, grown_cols = max(batch_rows, len(rows)), max(batch_cols, len(cols))
+        if batch and (len(batch) + 1) * (grown_rows + grown_cols) * dim > batch_elements:
+            flush(batch)
+            batch, grown_rows, grown_cols = [], len(rows), len(cols)
+        batch.append((block, rows, row_local, cols, col_local))
+        batch_rows, batch_cols = grown_rows, grown_cols
+    flush(batch)
     return out
 
 
