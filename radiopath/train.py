@@ -114,7 +114,8 @@ def run_training(cfg: DictConfig) -> RunSummary:
             continue
         scores.append(train_fold(cfg, cohort, folds, int(k), device))
         summary.done.append(f"fold{k}")
-        print(f"fold {k}: test C-index {scores[-1]:.3f}")
+        score = "n/a (untrained: the survival stage scores its vectors)" if np.isnan(scores[-1]) else f"{scores[-1]:.3f}"
+        print(f"fold {k}: test C-index {score}")
     summary.seconds = time.perf_counter() - start
     summary.write_failures(out / "failures.csv")
     return summary
