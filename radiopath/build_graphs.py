@@ -21,6 +21,7 @@ from pathlib import Path
 
 import hydra
 import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from radiopath import config  # noqa: F401  (registers the ${dirname:} resolver)
@@ -36,6 +37,8 @@ def build_modality_graphs(cfg: DictConfig, case_ids: list[str], modality: str) -
     """Build the graphs of one modality from its patch-feature files."""
     features_dir = Path(cfg.data.features_dir) / modality / encoder_dirname(cfg.encoder[modality].name)
     params = OmegaConf.to_container(cfg.graph[modality])
+    if cfg.graph_threads:
+        torch.set_num_threads(int(cfg.graph_threads))
 
     def process(case_id: str) -> None:
         source = features_dir / f"{case_id}.pt"

@@ -71,7 +71,7 @@ What tiatoolbox 2.1.3 does (read from its installed ``tiatoolbox/tools/graph.py`
   reference to its result: no recomputation, negligible overhead, timing unaffected.
 
 Caveats: tiatoolbox's loop is single-threaded numpy/scipy; radiopath uses torch with
-``--threads`` threads (default 2, all of this machine). Both peaks include a torch
+``--threads`` threads (default 1, build_graphs' ``graph_threads``). Both peaks include a torch
 import (tiatoolbox also imports umap/matplotlib at module load).
 """
 
@@ -366,7 +366,8 @@ def main(argv=None) -> int:
     p.add_argument("--field-std", type=float, default=3.0, help="per-dimension std of the smooth field")
     p.add_argument("--noise-std", type=float, default=1.0, help="per-dimension std of i.i.d. noise")
     p.add_argument("--offset-std", type=float, default=1.0, help="std of the per-dimension offset")
-    p.add_argument("--threads", type=int, default=2, help="torch threads for radiopath")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads for radiopath (1 = build_graphs' default graph_threads)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tia-timeout", type=float, default=3600, help="seconds per tiatoolbox build")
     p.add_argument("--skip-tiatoolbox", action="store_true")
