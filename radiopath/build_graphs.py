@@ -30,6 +30,7 @@ from radiopath.encoders.features import PatchFeatures, features_path
 from radiopath.errors import CaseError
 from radiopath.graphs.build import build_graph
 from radiopath.graphs.io import graph_path, load_graph, save_graph
+from radiopath.repro import active, record_filename, run_record
 from radiopath.runner import RunSummary, failures_filename, run_cases
 
 
@@ -54,6 +55,7 @@ def build_modality_graphs(cfg: DictConfig, case_ids: list[str], modality: str) -
         overwrite=cfg.overwrite,
     )
     summary.write_failures(Path(cfg.output_dir) / modality / failures_filename(cfg.shard, cfg.num_shards))
+    active().cases(summary)
     return summary
 
 
@@ -86,7 +88,8 @@ def build_cohort_graphs(cfg: DictConfig) -> list[RunSummary]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="build_graphs")
 def main(cfg: DictConfig) -> None:
-    summaries = build_cohort_graphs(cfg)
+    with run_record("build_graphs", cfg, cfg.output_dir, record_filename(cfg.shard, cfg.num_shards)):
+        summaries = build_cohort_graphs(cfg)
     for summary in summaries:
         print(summary.report())
     print(f"graphs in {Path(cfg.output_dir).resolve()}")

@@ -20,13 +20,16 @@ import sys
 from pathlib import Path
 
 import hydra
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from radiopath.config import resolve_device
 from radiopath.data.manifest import Manifest, load_manifest
 from radiopath.encoders import build_encoder
+from radiopath.encoders.checkpoints import checkpoint_unpickling
 from radiopath.encoders.extract import encode_ct_case, encode_wsi_case
 from radiopath.encoders.features import features_path
+from radiopath.repro import active, record_filename, run_record
 from radiopath.runner import RunSummary, failures_filename, run_cases
 
 log = logging.getLogger(__name__)
@@ -42,7 +45,12 @@ def encoder_dirname(name: str) -> str:
 def encode_modality(cfg: DictConfig, manifest: Manifest, modality: str) -> RunSummary:
     """Encode every case of one modality; returns what happened to each case."""
     encoder_cfg = cfg.encoder[modality]
-    encoder = build_encoder(encoder_cfg.name, checkpoint=encoder_cfg.checkpoint, **encoder_cfg.kwargs)
+    with checkpoint_unpickling(cfg.get("trust_pickled_checkpoints", False)):
+        encoder = build_encoder(encoder_cfg.name, checkpoint=encoder_cfg.checkpoint, **encoder_cfg.kwargs)
+    record = active()
+    if isinstance(encoder, torch.nn.Module) and any(True for _ in encoder.parameters()):  # not pyradiomics
+        record.parameters(f"encoder.{modality} ({encoder_cfg.name})", encoder)
+        record.weights(encoder_cfg.checkpoint, source=f"encoder.{modality}.checkpoint ({encoder_cfg.name})")
     device = resolve_device(cfg.device)
     if modality == "pathology":
         encoder.to(device).eval()
@@ -83,6 +91,7 @@ def encode_modality(cfg: DictConfig, manifest: Manifest, modality: str) -> RunSu
     )
     summary.add_failures(manifest.problems)
     summary.write_failures(out_dir / modality / label / failures_filename(cfg.shard, cfg.num_shards))
+    record.cases(summary)
     return summary
 
 
@@ -90,8 +99,11 @@ def load_modality_manifest(cfg: DictConfig, modality: str) -> Manifest:
     """The manifest rows (of this job's shard) that carry ``modality``'s images."""
     if modality not in REQUIRED_COLUMNS:
         raise ValueError(f"unknown modality {modality!r}; choose from {sorted(REQUIRED_COLUMNS)}")
-    manifest = load_manifest(cfg.data.manifest, required=REQUIRED_COLUMNS[modality])
-    return manifest.select_shard(cfg.shard, cfg.num_shards)
+    manifest = load_manifest(cfg.data.manifest, required=REQUIRED_COLUMNS[modality],
+                             allow_outside=cfg.data.get("allow_outside_paths", False))
+    manifest = manifest.select_shard(cfg.shard, cfg.num_shards)
+    active().cohort(manifest)
+    return manifest
 
 
 def encode_cohort(cfg: DictConfig) -> list[RunSummary]:
@@ -101,7 +113,8 @@ def encode_cohort(cfg: DictConfig) -> list[RunSummary]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="encode")
 def main(cfg: DictConfig) -> None:
-    summaries = encode_cohort(cfg)
+    with run_record("encode", cfg, cfg.data.features_dir, record_filename(cfg.shard, cfg.num_shards)):
+        summaries = encode_cohort(cfg)
     for summary in summaries:
         print(summary.report())
     print(f"features in {Path(cfg.data.features_dir).resolve()}")

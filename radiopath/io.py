@@ -4,7 +4,9 @@ Every stage writes its outputs through these helpers. Data goes to a temporary
 file in the destination folder, is flushed to disk, and is then renamed over the
 destination with :func:`os.replace`, which is atomic on POSIX file systems.
 A crash therefore leaves either the old file, the new file, or a stray
-``.tmp-*`` file that no reader looks at.
+``.tmp-*`` file that no reader looks at (:func:`is_temporary`). A failed write
+(disk full, read-only folder) removes its temporary file and raises an
+:class:`OSError` that names the destination; the old file stays as it was.
 """
 
 from __future__ import annotations
@@ -17,6 +19,14 @@ from typing import IO, Iterator
 
 import pandas as pd
 import torch
+
+
+TEMP_PREFIX = ".tmp-"
+
+
+def is_temporary(path: str | os.PathLike) -> bool:
+    """True for the leftover of an interrupted atomic write, which readers must skip."""
+    return Path(path).name.startswith(TEMP_PREFIX)
 
 
 def _umask() -> int:
@@ -33,17 +43,27 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     extension). The file gets the usual permissions (0666 minus the umask).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=f"-{path.name}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX, suffix=f"-{path.name}")
+    except OSError as error:
+        raise _naming(error, path) from error
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(error, OSError) and error.errno is not None:
+            raise _naming(error, path) from error
         raise
+
+
+def _naming(error: OSError, path: Path) -> OSError:
+    """The same kind of error, saying which file could not be written (disk full, read-only, ...)."""
+    return type(error)(error.errno, f"cannot write {path}: {error.strerror or error}")
 
 
 @contextlib.contextmanager

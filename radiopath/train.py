@@ -35,7 +35,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from radiopath.config import resolve_device
 from radiopath.io import atomic_torch_save, atomic_write_csv, atomic_write_text
-from radiopath.models import build_aggregator
+from radiopath.models import AGGREGATORS, build_aggregator
+from radiopath.repro import active, run_record
 from radiopath.runner import RunSummary
 from radiopath.training.cohort import GraphCohort, load_graph_cohort
 from radiopath.training.folds import load_or_make_folds
@@ -57,6 +58,9 @@ def train_fold(cfg: DictConfig, cohort: GraphCohort, folds: pd.DataFrame, k: int
     generator = torch.Generator().manual_seed(seed)
     model_kwargs = OmegaConf.to_container(cfg.model.kwargs, resolve=True)
     model = build_aggregator(cfg.model.name, cohort.in_dims, **model_kwargs).to(device)
+    active().parameters(f"fold{k}", model)
+    if model.trainable and not any(p.event for p in train):
+        log.warning("fold %d: no events among its %d training patients: the Cox loss has nothing to learn", k, len(train))
     scaler = NodeScaler().fit(train)
     settings = TrainSettings(**OmegaConf.to_container(cfg.training, resolve=True))
 
@@ -85,6 +89,8 @@ def train_fold(cfg: DictConfig, cohort: GraphCohort, folds: pd.DataFrame, k: int
         if nodes:
             atomic_torch_save(nodes, fold_dir / "importance" / f"{patient.case_id}.pt")
     atomic_write_csv(table, fold_dir / "vectors.csv")  # last: marks the fold finished
+    active().timing(f"fold{k}", seconds)
+    active().output(fold_dir / "model.pt", f"fold{k} checkpoint")
     return harrell_c(np.array([p.time for p in test]), np.array([p.event for p in test]), risk[len(train):])
 
 
@@ -100,17 +106,27 @@ def run_training(cfg: DictConfig) -> RunSummary:
     summary.add_failures(cohort.problems)
     if not cohort.patients:
         raise SystemExit(f"no patient has a graph of {list(cfg.modalities)} in {cfg.data.graph_dir}")
+    if AGGREGATORS[cfg.model.name].trainable and not cohort.events.any():
+        raise SystemExit(f"all {len(cohort.patients)} patients are censored (os_event = 0): "
+                         "the Cox loss has no event to learn from")
+    record = active()
+    record.input(cfg.data.manifest, "cohort manifest")
+    record.dataset(patients=len(cohort.patients), events=int(cohort.events.sum()),
+                   censored=int((cohort.events == 0).sum()), modalities_present=cohort.modality_counts(),
+                   rejected=len(cohort.problems))
     print(f"{len(cohort.patients)} patients ({int(cohort.events.sum())} events); "
           f"with each modality: {cohort.modality_counts()}; node features: {cohort.in_dims}")
 
     atomic_write_text(OmegaConf.to_yaml(cfg, resolve=True), out / "config.yaml")
     folds = load_or_make_folds(out / "folds.csv", cohort.case_ids, cohort.events,
                                cfg.folds.n_folds, cfg.folds.seed)
+    record.input(out / "folds.csv", "folds")
     start = time.perf_counter()
     scores = []
     for k in sorted(folds["fold"].unique()):
         if not cfg.overwrite and (out / f"fold{k}" / "vectors.csv").is_file():
             summary.skipped.append(f"fold{k}")
+            record.output(out / f"fold{k}" / "model.pt", f"fold{k} checkpoint")
             continue
         scores.append(train_fold(cfg, cohort, folds, int(k), device))
         summary.done.append(f"fold{k}")
@@ -118,12 +134,18 @@ def run_training(cfg: DictConfig) -> RunSummary:
         print(f"fold {k}: test C-index {score}")
     summary.seconds = time.perf_counter() - start
     summary.write_failures(out / "failures.csv")
+    for k in sorted(folds["fold"].unique()):  # skipped folds too: the record covers the whole run
+        history = out / f"fold{k}" / "history.csv"
+        if history.is_file():
+            record.epochs(f"fold{k}", pd.read_csv(history))
+    record.cases(summary)
     return summary
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    summary = run_training(cfg)
+    with run_record("train", cfg, cfg.output_dir):
+        summary = run_training(cfg)
     print(summary.report())
     print(f"run in {Path(cfg.output_dir).resolve()}")
     if not summary.ok:

@@ -16,7 +16,9 @@ Columns (only ``case_id`` is required; a stage checks for the columns it needs):
 ``tumour_size_mm``
 =================  ==========================================================
 
-Image paths are relative to the manifest's folder (absolute paths work too).
+Image paths are relative to the manifest's folder. A path that leads outside that
+folder (absolute, ``..``, or a symlink out) is refused when a stage opens it,
+unless the manifest is loaded with ``allow_outside=True`` (``data.allow_outside_paths``).
 Rows with a problem are not dropped silently: :func:`load_manifest` returns them
 as :class:`~radiopath.errors.CaseError` objects that every stage reports.
 """
@@ -41,6 +43,7 @@ class Manifest:
     path: Path
     frame: pd.DataFrame
     problems: list[CaseError] = field(default_factory=list)
+    allow_outside: bool = False
 
     @property
     def root(self) -> Path:
@@ -51,25 +54,35 @@ class Manifest:
         return self.frame["case_id"].tolist()
 
     def image_path(self, case_id: str, column: str) -> Path | None:
-        """Absolute path of one case's image, or None when the cell is empty."""
+        """Absolute path of one case's image, or None when the cell is empty.
+
+        Raises :class:`CaseError` when the path leads outside the manifest's folder
+        and ``allow_outside`` is off: a manifest must not make a stage read arbitrary files.
+        """
         value = self.frame.loc[self.frame["case_id"] == case_id, column].iloc[0]
         if not isinstance(value, str) or not value:
             return None
-        return Path(value)
+        path = Path(value)
+        if not self.allow_outside and not path.resolve().is_relative_to(self.root):
+            raise CaseError(case_id, f"{column} path {path} is outside the manifest's folder {self.root} "
+                                     "(set data.allow_outside_paths=true to allow it)")
+        return path
 
     def select_shard(self, shard: int, num_shards: int) -> "Manifest":
         """Every ``num_shards``-th case starting at ``shard`` (for cluster jobs)."""
         if not 0 <= shard < num_shards:
             raise ValueError(f"shard must be in [0, {num_shards}), got {shard}")
-        return Manifest(self.path, self.frame.iloc[shard::num_shards].reset_index(drop=True), self.problems)
+        frame = self.frame.iloc[shard::num_shards].reset_index(drop=True)
+        return Manifest(self.path, frame, self.problems, self.allow_outside)
 
 
-def load_manifest(path: str | Path, required: tuple[str, ...] = ()) -> Manifest:
+def load_manifest(path: str | Path, required: tuple[str, ...] = (), allow_outside: bool = False) -> Manifest:
     """Read and validate a cohort manifest.
 
     ``required`` names columns that must exist (besides ``case_id``). Image paths
     are made absolute; duplicated ids, bad survival values and missing image
     files are returned as problems, and those rows are left out of ``frame``.
+    ``allow_outside`` lets image paths lead outside the manifest's folder.
     """
     path = Path(path).resolve()
     if not path.is_file():
@@ -103,7 +116,7 @@ def load_manifest(path: str | Path, required: tuple[str, ...] = ()) -> Manifest:
             problems.append(CaseError(frame.at[row, "case_id"], reason))
             bad[row] = True
 
-    return Manifest(path, frame.loc[~bad].reset_index(drop=True), problems)
+    return Manifest(path, frame.loc[~bad].reset_index(drop=True), problems, allow_outside)
 
 
 def _resolve(root: Path, value) -> str:

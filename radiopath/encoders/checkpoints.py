@@ -12,6 +12,8 @@ checkpoint, :func:`initialise` leaves the network random and warns loudly.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import contextvars
 import logging
 import pickle
 import re
@@ -31,6 +33,21 @@ CONTAINER_KEYS = ("state_dict", "model", "teacher", "module")
 # "args"); a Namespace only holds plain values, so it is safe to unpickle.
 SAFE_GLOBALS = [argparse.Namespace]
 SHOWN_KEYS = 8  # how many offending keys an error message lists
+
+
+# Full unpickling runs whatever code the file names: off unless the user opts in
+# (trust_pickled_checkpoints=true in conf/encode.yaml) for the duration of a block.
+_TRUST_PICKLES = contextvars.ContextVar("radiopath_trust_pickled_checkpoints", default=False)
+
+
+@contextlib.contextmanager
+def checkpoint_unpickling(trusted: bool):
+    """Within the block, a checkpoint that needs full unpickling is loaded (``trusted``) or refused."""
+    token = _TRUST_PICKLES.set(bool(trusted))
+    try:
+        yield
+    finally:
+        _TRUST_PICKLES.reset(token)
 
 
 class CheckpointError(RuntimeError):
@@ -62,14 +79,20 @@ def load_state_dict(
 
 
 def _read(path: Path) -> object:
-    """The file's content: safetensors by suffix, else a weights-only ``torch.load``."""
+    """The file's content: safetensors by suffix, else a weights-only ``torch.load``.
+
+    A file that needs full unpickling is refused, unless inside ``checkpoint_unpickling(True)``.
+    """
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise CheckpointError(_unsafe_pickle_message(path, error)) from None
+        if not _TRUST_PICKLES.get():
+            raise CheckpointError(_unsafe_pickle_message(path, error)) from None
+    log.warning("%s needs full unpickling; loading it because trust_pickled_checkpoints is true", path)
+    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -95,7 +118,7 @@ def _unsafe_pickle_message(path: Path, error: Exception) -> str:
         f"  python -c \"import torch; c = torch.load('{path}', weights_only=False); torch.save({{k: v for k, v in "
         "c.items() if torch.is_tensor(v) or isinstance(v, dict) and all(map(torch.is_tensor, v.values()))}, "
         f"'{path.with_suffix('.weights.pt')}')\"\n"
-        "and point the checkpoint setting at the new file."
+        "and point the checkpoint setting at the new file, or set trust_pickled_checkpoints=true."
     )
 
 

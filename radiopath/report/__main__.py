@@ -9,16 +9,22 @@ Examples::
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
 from radiopath import config  # noqa: F401  (registers the ${dirname:} resolver used by run configs)
 from radiopath.report.build import build_report
+from radiopath.repro import RECORD_NAME, run_record
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="report")
 def main(cfg: DictConfig) -> None:
-    path = build_report(cfg)
+    with run_record("report", cfg, cfg.output) as record:
+        for run_dir in cfg.run_dirs:
+            record.input(Path(run_dir) / RECORD_NAME, "training run record")
+        path = build_report(cfg)
     print(f"report in {path.resolve()}")
 
 

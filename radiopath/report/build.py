@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
+from radiopath import checklist
 from radiopath.data.manifest import Manifest, load_manifest
 from radiopath.io import atomic_write_csv, atomic_write_text
 from radiopath.report import html, overlays, plots
@@ -140,7 +141,7 @@ def overlay_section(runs: list[Run], slugs: list[str], figures: Path, cfg) -> st
             for modality, nodes in importance.items():
                 try:
                     if data.manifest not in manifests:
-                        manifests[data.manifest] = load_manifest(data.manifest)
+                        manifests[data.manifest] = load_manifest(data.manifest, allow_outside=data.get("allow_outside_paths", False))
                     patches, scores = overlays.patch_importance(data.graph_dir, data.features_dir, modality,
                                                                 case_id, nodes)
                     title = f"{case_id}: {run.label}, {modality}"
@@ -213,6 +214,22 @@ def settings_section(runs: list[Run]) -> str:
     return body
 
 
+def checklist_section(runs: list[Run]) -> str:
+    """The DLRRC items the runs' records (manifest.json) answer, and what remains for the author."""
+    records = [record for run in runs for record in checklist.load_records(run.path)]
+    if not records:
+        return "<p>No run records (manifest.json) in these runs: rerun their stages to record them.</p>"
+    parts = checklist.evaluate(records)
+    body = "<p>" + html.escape(", ".join(f"{n} {s}" for s, n in checklist.counts(parts).items())) + (
+        " (python -m radiopath.checklist RUN): <i>recorded</i> from the run records, <i>partly</i> recorded with "
+        "more for the author to add, <i>missing</i> from the records, <i>author</i> only the author can answer.</p>")
+    for part in parts:
+        rows = [{"item": i["id"], "status": i["status"], "checklist": i["text"], "recorded": i["evidence"] or "",
+                 "for the author": "" if i["status"] == "recorded" else i["author"] or ""} for i in part["items"]]
+        body += f"<h3>{html.escape(part['name'])}</h3>" + html.simple_table(pd.DataFrame(rows))
+    return body
+
+
 def build_report(cfg) -> Path:
     """Write the report of ``cfg.run_dirs`` to ``cfg.output``; returns the HTML path."""
     output = Path(cfg.output)
@@ -236,6 +253,7 @@ def build_report(cfg) -> Path:
         ("training", "Training curves", training_section(runs, slugs, figures, cfg)),
         ("importance", "Node importance", overlay_section(runs, slugs, figures, cfg)),
         ("settings", "Settings", settings_section(runs)),
+        ("reproducibility", "Reproducibility checklist", checklist_section(runs)),
     ]
     path = output / "report.html"
     atomic_write_text(html.page(cfg.title, sections), path)

@@ -15,6 +15,8 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from radiopath.io import is_temporary
+
 _FOLD_DIR = re.compile(r"fold(\d+)$")
 
 
@@ -103,7 +105,8 @@ def _histories(path: Path) -> dict[int, pd.DataFrame]:
 
 def _importance_files(path: Path) -> dict[str, Path]:
     """case_id -> its importance file (each case is a test patient of exactly one fold)."""
-    return {file.stem: file for _, fold_dir in _fold_dirs(path) for file in sorted(fold_dir.glob("importance/*.pt"))}
+    return {file.stem: file for _, fold_dir in _fold_dirs(path) for file in sorted(fold_dir.glob("importance/*.pt"))
+            if not is_temporary(file)}
 
 
 def load_survival(path: Path, notes: list[str]) -> SurvivalOutputs | None:

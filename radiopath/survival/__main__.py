@@ -17,12 +17,16 @@ from omegaconf import DictConfig
 
 from radiopath import config  # noqa: F401  (registers the ${dirname:} resolver)
 from radiopath.survival.benchmark import format_summary
-from radiopath.survival.stage import run_stage
+from radiopath.repro import run_record
+from radiopath.survival.stage import output_dir_for, run_stage
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="survival")
 def main(cfg: DictConfig) -> None:
-    result, summary, output_dir = run_stage(cfg)
+    with run_record("survival", cfg, output_dir_for(cfg)) as record:
+        result, summary, output_dir = run_stage(cfg)
+        for error in result.errors:
+            record.note(f"failed: {error}")
     print(format_summary(summary))
     for error in result.errors:
         print(f"FAILED {error}")

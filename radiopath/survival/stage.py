@@ -15,6 +15,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from radiopath.io import atomic_write_csv, atomic_write_text
+from radiopath.repro import active
 from radiopath.survival.benchmark import BenchmarkResult, run_benchmark, summarise
 from radiopath.survival.data import folds_from_run, folds_from_table, make_folds, read_folds, read_survival
 from radiopath.survival.risk_groups import risk_group_analysis
@@ -82,11 +83,31 @@ def write_outputs(result: BenchmarkResult, summary: pd.DataFrame, logrank: pd.Da
     atomic_write_text(json.dumps(settings, indent=2, allow_nan=True) + "\n", output_dir / "settings.json")
 
 
+def record_inputs(cfg, folds: list, output_dir: Path) -> None:
+    """Hash the stage's inputs and summarise its patients in the open run record."""
+    record = active()
+    if cfg.features:
+        record.input(cfg.features, "feature table")
+    else:
+        record.input(cfg.data.manifest, "cohort manifest")
+        for fold in folds:
+            record.input(Path(cfg.run_dir) / f"fold{fold.fold}" / "vectors.csv", f"fold{fold.fold} vectors")
+    record.input(Path(cfg.run_dir) / "folds.csv" if cfg.run_dir else output_dir / "folds.csv", "folds")
+    record.dataset(
+        patients=sum(len(fold.ids_test) for fold in folds),
+        events=int(sum(fold.y_test["event"].sum() for fold in folds)),
+        features=int(folds[0].X_train.shape[1]) if folds else 0,
+        folds={str(fold.fold): {"train": len(fold.ids_train), "test": len(fold.ids_test),
+                                "test_events": int(fold.y_test["event"].sum())} for fold in folds},
+    )
+
+
 def run_stage(cfg) -> tuple[BenchmarkResult, pd.DataFrame, Path]:
     """Run the survival benchmark and the risk-group analysis; returns result, summary and output folder."""
     output_dir = output_dir_for(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
     folds = load_folds(cfg, output_dir)
+    record_inputs(cfg, folds, output_dir)
     result = run_benchmark(folds, cfg)
     summary = summarise(result.metrics)
     logrank = risk_group_analysis(result.predictions, output_dir, cfg)

@@ -11,6 +11,7 @@ model selection look at it, the exported model is the last epoch's.
 from __future__ import annotations
 
 import math
+from time import perf_counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,14 +67,19 @@ def harrell_c(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
 def fit(model: Aggregator, train: list[Patient], test: list[Patient], scaler: NodeScaler,
         settings: TrainSettings, generator: torch.Generator, device: torch.device,
         desc: str = "train") -> pd.DataFrame:
-    """Train ``model`` in place; returns the training curve, one row per epoch."""
+    """Train ``model`` in place; returns the training curve, one row per epoch.
+
+    ``epoch_seconds`` is the wall time of the epoch's optimisation pass (without the
+    C-index evaluation), the per-epoch time a reproducibility record asks for.
+    """
     if not model.trainable:
-        return pd.DataFrame(columns=["epoch", "loss", "cox", "lr", "train_c_index", "test_c_index"])
+        return pd.DataFrame(columns=["epoch", "loss", "cox", "lr", "train_c_index", "test_c_index", "epoch_seconds"])
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=settings.epochs)
     rows = []
     for epoch in tqdm(range(1, settings.epochs + 1), desc=desc, unit="epoch", leave=False):
         model.train()
+        start = perf_counter()
         sums: dict[str, float] = {}
         for chunk in batches(train, settings.batch_size, generator):
             batch, time, event = _prepare(chunk, scaler, device)
@@ -85,12 +91,14 @@ def fit(model: Aggregator, train: list[Patient], test: list[Patient], scaler: No
             optimiser.step()
             for name, value in {"loss": loss, **parts}.items():
                 sums[name] = sums.get(name, 0.0) + value.item() * len(chunk)
+        seconds = perf_counter() - start
         rows.append({
             "epoch": epoch,
             **{name: total / len(train) for name, total in sums.items()},
             "lr": schedule.get_last_lr()[0],
             "train_c_index": _c_index(model, train, scaler, settings, device),
             "test_c_index": _c_index(model, test, scaler, settings, device),
+            "epoch_seconds": seconds,
         })
         schedule.step()
     return pd.DataFrame(rows)
