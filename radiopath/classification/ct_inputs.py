@@ -1,0 +1,226 @@
+"""CT cases -> the arrays the deep classification pipelines train on, cached on disk.
+
+Every input starts from :func:`radiopath.preprocess.ct.preprocess_ct` (isotropic
+resampling, HU window mapped to [0, 1], largest 26-connected tumour component, crop)
+on volumes read by :func:`radiopath.data.readers.read_ct`:
+
+- :func:`tumour_volume`: a fixed crop around the tumour centroid with the CT as
+  channel 0 and pyradiomics voxel-based feature maps as further channels (RGCNN).
+- :func:`scalar_radiomics`: whole-tumour pyradiomics features on a margin crop (TR).
+- :func:`tumour_slices`: axial slices of a fixed crop through the tumour (SimCLR,
+  multi-phase CNN).
+
+None of these is fitted to a cohort: a case's arrays depend only on its files and the
+settings, so they are cached per case under ``cache_dir/{kind}/``, keyed by a hash of
+the settings and of each input file's path, size and modification time. Changing a
+setting or a file recomputes; ``cache_dir=None`` disables the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from radiopath.data.readers import read_ct
+from radiopath.encoders.radiomics import radiomics_maps, radiomics_scalar
+from radiopath.errors import CaseError
+from radiopath.io import atomic_write
+from radiopath.preprocess.ct import PreparedCT, preprocess_ct
+
+# Five voxel-based maps: local intensity level, spread and disorder plus two GLCM textures.
+DEFAULT_MAP_FEATURES = {"firstorder": ["Mean", "Variance", "Entropy"], "glcm": ["Contrast", "JointEnergy"]}
+
+
+def prepare_case(
+    row: Mapping,
+    column: str = "ct",
+    *,
+    spacing_mm: float = 1.0,
+    hu_window: Sequence[float] = (-500, 500),
+    crop: str = "fixed",
+    crop_size: Sequence[int] = (64, 64, 64),
+    margin_mm: float = 10.0,
+    min_component_voxels: int = 100,
+) -> PreparedCT:
+    """Read the ``column`` image and the mask of one manifest row and preprocess them."""
+    case_id = str(row["case_id"])
+    image = read_ct(row[column], case_id)
+    mask = read_ct(row["mask"], case_id)
+    return preprocess_ct(
+        case_id, image, mask,
+        spacing_mm=spacing_mm, normalisation="hu_window", hu_window=tuple(hu_window),
+        min_component_voxels=min_component_voxels, crop=crop, margin_mm=margin_mm, crop_size=tuple(crop_size),
+    )
+
+
+def cached(
+    cache_dir: str | Path | None, kind: str, row: Mapping, files: Sequence[str], settings: Mapping,
+    compute: Callable[[], dict[str, np.ndarray]],
+) -> dict[str, np.ndarray]:
+    """``compute()`` for one case, read from / written to ``cache_dir/kind`` when given."""
+    if cache_dir is None:
+        return compute()
+    stamp = {"settings": settings, "files": [_file_stamp(row[column]) for column in files]}
+    key = hashlib.sha256(json.dumps(stamp, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    path = Path(cache_dir) / kind / f"{row['case_id']}-{key}.npz"
+    if path.is_file():
+        with np.load(path) as stored:
+            return dict(stored)
+    arrays = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as handle:
+        np.savez(handle, **arrays)
+    return arrays
+
+
+def _file_stamp(value: str) -> list:
+    """Path, size and modification time of an input file (or of a DICOM folder's files)."""
+    path = Path(value)
+    files = sorted(path.rglob("*")) if path.is_dir() else [path]
+    return [str(path)] + [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
+
+
+def tumour_volume(
+    row: Mapping,
+    *,
+    column: str = "ct",
+    spacing_mm: float = 1.0,
+    hu_window: Sequence[float] = (-500, 500),
+    crop_size: int = 64,
+    map_features: Mapping[str, Sequence[str]] | None = None,
+    kernel_radius: int = 1,
+    stride: int = 2,
+    bin_count: int = 16,
+    cache_dir: str | Path | None = None,
+) -> dict[str, np.ndarray]:
+    """A ``crop_size^3`` crop around the tumour: ``volume`` (C, z, y, x) and ``mask`` (z, y, x).
+
+    Channel 0 is the CT (HU window -> [0, 1]); channel ``1 + k`` is the k-th pyradiomics
+    voxel-based map (``map_features``, default :data:`DEFAULT_MAP_FEATURES`), raw values
+    inside the tumour and 0 outside. Maps are computed on every ``stride``-th tumour voxel
+    per axis (kernels still see every voxel) and each other tumour voxel takes the value
+    of its nearest computed voxel; the pipeline standardises the channels on its training
+    cases.
+    """
+    features = {str(k): [str(n) for n in v] for k, v in (map_features or DEFAULT_MAP_FEATURES).items()}
+    settings = dict(column=column, spacing_mm=spacing_mm, hu_window=list(hu_window), crop_size=crop_size,
+                    map_features=features, kernel_radius=kernel_radius, stride=stride, bin_count=bin_count)
+
+    def compute() -> dict[str, np.ndarray]:
+        ct = prepare_case(row, column, spacing_mm=spacing_mm, hu_window=hu_window, crop_size=(crop_size,) * 3)
+        encoder = radiomics_maps(features=features, kernel_radius=kernel_radius, stride=stride, bin_count=bin_count)
+        values, coords = encoder.encode(ct)
+        mask = ct.mask_array()
+        maps = _dense_maps(ct, mask, values, coords)
+        return {"volume": np.concatenate([ct.image_array()[None], maps]).astype(np.float32), "mask": mask}
+
+    return cached(cache_dir, "tumour_volume", row, [column, "mask"], settings, compute)
+
+
+def _dense_maps(ct: PreparedCT, mask: np.ndarray, values: np.ndarray, coords_mm: np.ndarray) -> np.ndarray:
+    """(D, z, y, x) maps: each tumour voxel takes its nearest computed voxel's values, 0 outside."""
+    zyx = _mm_to_index(ct, coords_mm)
+    computed = np.zeros(mask.shape, bool)
+    computed[tuple(zyx.T)] = True
+    # Index of the nearest computed voxel for every voxel of the crop.
+    _, nearest = ndimage.distance_transform_edt(~computed, return_indices=True)
+    lookup = np.full(mask.shape, -1, np.int64)
+    lookup[tuple(zyx.T)] = np.arange(len(zyx))
+    source = lookup[tuple(nearest)]
+    maps = values[source].transpose(3, 0, 1, 2)
+    return np.where(mask[None] == 1, maps, 0.0)
+
+
+def _mm_to_index(ct: PreparedCT, coords_mm: np.ndarray) -> np.ndarray:
+    """Physical points (N, 3) x/y/z in mm -> integer voxel indices (N, 3) in z/y/x order."""
+    direction = np.array(ct.image.GetDirection()).reshape(3, 3)
+    spacing = np.array(ct.image.GetSpacing())
+    origin = np.array(ct.image.GetOrigin())
+    ijk = np.linalg.solve(direction * spacing, (coords_mm - origin).T).T
+    return np.rint(ijk[:, ::-1]).astype(int)
+
+
+def scalar_radiomics(
+    row: Mapping,
+    *,
+    column: str = "ct",
+    spacing_mm: float = 1.0,
+    hu_window: Sequence[float] = (-500, 500),
+    margin_mm: float = 10.0,
+    features: Mapping[str, Sequence[str] | None] | None = None,
+    image_types: Sequence[str] = ("Original",),
+    log_sigma: Sequence[float] = (1.0, 3.0),
+    bin_count: int = 32,
+    cache_dir: str | Path | None = None,
+) -> dict[str, np.ndarray]:
+    """Whole-tumour pyradiomics features: ``values`` (D,) float32 and their ``names`` (D,).
+
+    The tumour is cropped with ``margin_mm`` around it (never clipped, unlike a fixed
+    crop); ``features``/``image_types``/``log_sigma``/``bin_count`` are those of
+    :func:`radiopath.encoders.radiomics.radiomics_scalar`.
+    """
+    features = None if features is None else {str(k): None if v is None else [str(n) for n in v]
+                                               for k, v in features.items()}
+    settings = dict(column=column, spacing_mm=spacing_mm, hu_window=list(hu_window), margin_mm=margin_mm,
+                    features=features, image_types=list(image_types), log_sigma=list(log_sigma),
+                    bin_count=bin_count)
+
+    def compute() -> dict[str, np.ndarray]:
+        ct = prepare_case(row, column, spacing_mm=spacing_mm, hu_window=hu_window, crop="margin",
+                          margin_mm=margin_mm)
+        encoder = radiomics_scalar(features=features, image_types=image_types, log_sigma=log_sigma,
+                                   bin_count=bin_count)
+        values, _ = encoder.encode(ct)
+        return {"values": values[0], "names": np.array(encoder.feature_names)}
+
+    return cached(cache_dir, "scalar_radiomics", row, [column, "mask"], settings, compute)
+
+
+def tumour_slices(
+    row: Mapping,
+    *,
+    column: str = "ct",
+    spacing_mm: float = 1.0,
+    hu_window: Sequence[float] = (-500, 500),
+    size: int = 64,
+    depth: int = 64,
+    min_area_fraction: float = 0.25,
+    cache_dir: str | Path | None = None,
+) -> dict[str, np.ndarray]:
+    """Axial ``size x size`` slices through the tumour: ``slices`` (S, size, size) and ``areas`` (S,).
+
+    The crop is ``size x size x depth`` voxels centred on the tumour centroid; slices whose
+    tumour area is at least ``min_area_fraction`` of the largest are kept, in z order,
+    with their tumour areas in voxels (the largest slice is ``slices[areas.argmax()]``).
+    """
+    settings = dict(column=column, spacing_mm=spacing_mm, hu_window=list(hu_window), size=size, depth=depth,
+                    min_area_fraction=min_area_fraction)
+
+    def compute() -> dict[str, np.ndarray]:
+        ct = prepare_case(row, column, spacing_mm=spacing_mm, hu_window=hu_window, crop_size=(size, size, depth))
+        image, mask = ct.image_array(), ct.mask_array()
+        areas = mask.reshape(mask.shape[0], -1).sum(axis=1)
+        if areas.max() == 0:
+            raise CaseError(ct.case_id, f"no tumour voxel inside the {size}x{size}x{depth} crop")
+        keep = areas >= min_area_fraction * areas.max()
+        return {"slices": image[keep].astype(np.float32), "areas": areas[keep].astype(np.int64)}
+
+    return cached(cache_dir, "tumour_slices", row, [column, "mask"], settings, compute)
+
+
+def has_image(row: Mapping, column: str) -> bool:
+    """Whether the row names an existing image in ``column`` (an empty cell is a missing phase)."""
+    value = row.get(column)
+    return isinstance(value, (str, os.PathLike)) and str(value) != "" and Path(value).exists()
+
+
+def rows(cases: pd.DataFrame) -> list[dict]:
+    """The manifest rows as plain dicts (what the functions above take)."""
+    return cases.to_dict("records")

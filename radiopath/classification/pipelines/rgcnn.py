@@ -1,0 +1,183 @@
+"""``rgcnn``: the Radiomics-Guided CNN of Tsai et al. on 6-channel 3-D tumour crops.
+
+Input per case (:func:`radiopath.classification.ct_inputs.tumour_volume`): a
+``crop_size^3`` crop at ``spacing_mm`` around the tumour centroid with the CT (HU window
+-> [0, 1]) and five pyradiomics voxel-based maps as channels, and the whole-tumour
+scalar radiomics (:func:`~radiopath.classification.ct_inputs.scalar_radiomics`). The
+network (:class:`~radiopath.classification.nets.RGCNN`) is trained with
+``focal(gamma) + contrastive_weight * SupCon(temperature)`` between the image and
+radiomics projections, on class-balanced batches (``WeightedRandomSampler``) with
+random flips. Only the image encoder and classifier predict.
+
+Everything fitted (map channel scaling, radiomics scaling, the network) is learnt in
+:meth:`RGCNNPipeline.fit` from the cases it is given; the per-case inputs are not
+fitted and are cached on disk (``cache_dir``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.preprocessing import StandardScaler
+
+from radiopath.classification import ct_inputs
+from radiopath.classification.base import CasePipeline, register_pipeline
+from radiopath.classification.losses import FocalLoss, SupConLoss
+from radiopath.classification.nets import RGCNN
+from radiopath.classification.nets.training import balanced_batches, predict_in_batches, random_flips, seeded
+
+# Standardised radiomics beyond this many standard deviations are clipped: one outlying
+# training case must not dominate the projector's input scale.
+RADIOMICS_CLIP = 10.0
+
+
+class RGCNNPipeline(CasePipeline):
+    """3-D CNN on CT + radiomic maps, aligned with scalar radiomics; P(y = 1) from the image branch."""
+
+    name = "rgcnn"
+
+    def __init__(
+        self,
+        *,
+        crop_size: int = 64,
+        spacing_mm: float = 1.0,
+        hu_window: Sequence[float] = (-500, 500),
+        map_features: Mapping[str, Sequence[str]] | None = None,
+        map_kernel_radius: int = 1,
+        map_stride: int = 2,
+        map_bin_count: int = 16,
+        radiomics: Mapping | None = None,
+        widths: Sequence[int] = (8, 16, 24, 48),
+        projection_dim: int = 64,
+        projector_hidden: int = 128,
+        dropout: float = 0.0,
+        focal_gamma: float = 2.0,
+        contrastive_weight: float = 1.0,
+        temperature: float = 0.1,
+        epochs: int = 30,
+        batch_size: int = 8,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        augment: bool = True,
+        cache_dir: str | None = None,
+        device: str = "cpu",
+        random_state: int = 0,
+    ):
+        self.volume_settings = dict(
+            spacing_mm=spacing_mm, hu_window=tuple(hu_window), crop_size=crop_size, map_features=map_features,
+            kernel_radius=map_kernel_radius, stride=map_stride, bin_count=map_bin_count,
+        )
+        self.radiomics_settings = dict(radiomics or {}, spacing_mm=spacing_mm, hu_window=tuple(hu_window))
+        self.widths = tuple(int(w) for w in widths)
+        self.projection_dim = projection_dim
+        self.projector_hidden = projector_hidden
+        self.dropout = dropout
+        self.focal_gamma = focal_gamma
+        self.contrastive_weight = contrastive_weight
+        self.temperature = temperature
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.augment = augment
+        self.cache_dir = cache_dir
+        self.device = torch.device(device)
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------ inputs
+
+    def _volumes(self, cases: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Raw volumes (n, C, D, H, W) and tumour masks (n, D, H, W)."""
+        inputs = [ct_inputs.tumour_volume(row, cache_dir=self.cache_dir, **self.volume_settings)
+                  for row in ct_inputs.rows(cases)]
+        return np.stack([i["volume"] for i in inputs]), np.stack([i["mask"] for i in inputs])
+
+    def scalar_radiomics(self, cases: pd.DataFrame) -> np.ndarray:
+        """Whole-tumour pyradiomics features (n, D), unscaled."""
+        return np.stack([
+            ct_inputs.scalar_radiomics(row, cache_dir=self.cache_dir, **self.radiomics_settings)["values"]
+            for row in ct_inputs.rows(cases)
+        ])
+
+    def _scale_volumes(self, volumes: np.ndarray, masks: np.ndarray) -> torch.Tensor:
+        """Map channels standardised with the training tumour statistics, 0 outside the tumour."""
+        maps = (volumes[:, 1:] - self.map_mean_[None, :, None, None, None]) / self.map_std_[None, :, None, None, None]
+        maps = np.where(masks[:, None] == 1, maps, 0.0)
+        return torch.from_numpy(np.concatenate([volumes[:, :1], maps], axis=1).astype(np.float32))
+
+    def _scale_radiomics(self, values: np.ndarray) -> torch.Tensor:
+        scaled = np.nan_to_num(self.radiomics_scaler_.transform(values), nan=0.0, posinf=0.0, neginf=0.0)
+        return torch.from_numpy(np.clip(scaled, -RADIOMICS_CLIP, RADIOMICS_CLIP).astype(np.float32))
+
+    # ------------------------------------------------------------------ fit / predict
+
+    def fit(self, cases: pd.DataFrame, y: np.ndarray) -> "RGCNNPipeline":
+        """Fit the channel and radiomics scaling and train the RGCNN on these cases."""
+        labels = torch.as_tensor(np.asarray(y, dtype=np.int64))
+        volumes, masks = self._volumes(cases)
+        tumour = np.moveaxis(volumes[:, 1:], 1, -1)[masks == 1]  # (tumour voxels, maps)
+        self.map_mean_ = tumour.mean(axis=0)
+        self.map_std_ = np.where(tumour.std(axis=0) > 0, tumour.std(axis=0), 1.0)
+        x = self._scale_volumes(volumes, masks)
+        del volumes
+        radiomics = self.scalar_radiomics(cases)
+        self.radiomics_scaler_ = StandardScaler().fit(radiomics)
+        r = self._scale_radiomics(radiomics)
+
+        with seeded(self.random_state):
+            generator = torch.Generator().manual_seed(self.random_state)
+            model = RGCNN(
+                in_channels=x.shape[1], radiomics_dim=r.shape[1], widths=self.widths,
+                projection_dim=self.projection_dim, projector_hidden=self.projector_hidden, dropout=self.dropout,
+            ).to(self.device)
+            optimiser = torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+            focal, supcon = FocalLoss(self.focal_gamma), SupConLoss(self.temperature)
+            self.history_ = []
+            for _ in range(self.epochs):
+                model.train()
+                losses = []
+                for batch in balanced_batches(labels.numpy(), self.batch_size, generator):
+                    if len(batch) < 2:  # BatchNorm needs two samples
+                        continue
+                    volume = random_flips(x[batch], (2, 3, 4), generator) if self.augment else x[batch]
+                    target = labels[batch].to(self.device)
+                    logits, z_image, z_radiomics = model.training_outputs(
+                        volume.to(self.device), r[batch].to(self.device)
+                    )
+                    loss = focal(logits, target) + self.contrastive_weight * supcon(
+                        torch.cat([z_image, z_radiomics]), torch.cat([target, target])
+                    )
+                    optimiser.zero_grad()
+                    loss.backward()
+                    optimiser.step()
+                    losses.append(loss.item())
+                self.history_.append(float(np.mean(losses)) if losses else float("nan"))
+        self.model_ = model.eval()
+        return self
+
+    def _inputs(self, cases: pd.DataFrame) -> torch.Tensor:
+        volumes, masks = self._volumes(cases)
+        return self._scale_volumes(volumes, masks)
+
+    def predict_proba(self, cases: pd.DataFrame) -> np.ndarray:
+        """P(y = 1) from the image encoder and classifier."""
+        logits = predict_in_batches(lambda v: self.model_(v.to(self.device)).cpu(), [self._inputs(cases)],
+                                    self.batch_size)
+        return torch.softmax(logits, dim=1)[:, 1].numpy().astype(np.float64)
+
+    def cnn_radiomics(self, cases: pd.DataFrame, layers: Sequence[int] = (0, 1, 2, 3)) -> np.ndarray:
+        """CNN-based radiomics (n, sum of the chosen layers' widths): sums of the encoder's maps."""
+        sums = predict_in_batches(
+            lambda v: self.model_.encoder.map_sums(v.to(self.device), layers).cpu(), [self._inputs(cases)],
+            self.batch_size,
+        )
+        return sums.numpy().astype(np.float64)
+
+
+@register_pipeline("rgcnn")
+def rgcnn(**kwargs) -> RGCNNPipeline:
+    """The RGCNN pipeline with its config kwargs (see :class:`RGCNNPipeline`)."""
+    return RGCNNPipeline(**kwargs)
