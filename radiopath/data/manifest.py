@@ -126,15 +126,20 @@ def _resolve(root: Path, value) -> str:
     return str(candidate if candidate.is_absolute() else (root / candidate).resolve())
 
 
+def _shown(value):
+    """A cell as the manifest shows it (numpy scalars as plain numbers) for messages."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _row_problem(row: pd.Series) -> str | None:
     """The first thing wrong with one manifest row, or None."""
     if "os_time" in row.index and not pd.isna(row["os_time"]):
         time = pd.to_numeric(row["os_time"], errors="coerce")
         if not np.isfinite(time) or time <= 0:
-            return f"os_time must be a positive number, got {row['os_time']!r}"
+            return f"os_time must be a positive number, got {_shown(row['os_time'])!r}"
     if "os_event" in row.index and not pd.isna(row["os_event"]):
         if pd.to_numeric(row["os_event"], errors="coerce") not in (0, 1):
-            return f"os_event must be 0 or 1, got {row['os_event']!r}"
+            return f"os_event must be 0 or 1, got {_shown(row['os_event'])!r}"
     for column in IMAGE_COLUMNS:
         value = row.get(column, "")
         if value and not Path(value).exists():

@@ -107,6 +107,9 @@ def run_stage(cfg) -> tuple[BenchmarkResult, pd.DataFrame, Path]:
     output_dir = output_dir_for(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
     folds = load_folds(cfg, output_dir)
+    if not any(fold.y_test["event"].any() for fold in folds):
+        patients = sum(len(fold.ids_test) for fold in folds)
+        raise ValueError(f"all {patients} patients are censored (os_event = 0): no survival model can be fitted")
     record_inputs(cfg, folds, output_dir)
     result = run_benchmark(folds, cfg)
     summary = summarise(result.metrics)
