@@ -6,6 +6,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.radiopath-installed
+# Text files are UTF-8 whatever the machine's locale (reports and logs carry µ, ±, ↑).
+export PYTHONUTF8 := 1
 DEMO := data/demo
 # The paper's radiopathomics comparison: one training run per aggregator, same folds.
 DEMO_RUNS := radiopathomics_mean radiopathomics_abmil radiopathomics_sparra

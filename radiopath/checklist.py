@@ -39,7 +39,7 @@ def load_records(run_dir: str | Path) -> list[dict]:
         if is_temporary(path):
             continue
         try:
-            record = json.loads(path.read_text())
+            record = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             continue  # not a record (or a damaged one): the checklist only reads what it can trust
         if isinstance(record, dict) and "stage" in record and "record_version" in record:

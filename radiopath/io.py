@@ -69,7 +69,8 @@ def _naming(error: OSError, path: Path) -> OSError:
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file beside ``path``; rename it onto ``path`` on success."""
-    with atomic_path(path) as tmp, open(tmp, mode) as handle:
+    encoding = None if "b" in mode else "utf-8"  # never the locale's: reports carry µ, ±, ↑
+    with atomic_path(path) as tmp, open(tmp, mode, encoding=encoding) as handle:
         yield handle
         handle.flush()
         os.fsync(handle.fileno())

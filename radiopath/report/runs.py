@@ -128,7 +128,7 @@ def load_survival(path: Path, notes: list[str]) -> SurvivalOutputs | None:
         metrics=metrics,
         summary=pd.read_csv(path / "summary.csv"),
         predictions=optional("predictions.csv", lambda p: pd.read_csv(p, dtype={"case_id": str})),
-        settings=optional("settings.json", lambda p: json.loads(p.read_text())),
+        settings=optional("settings.json", lambda p: json.loads(p.read_text(encoding="utf-8"))),
     )
 
 
