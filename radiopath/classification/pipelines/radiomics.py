@@ -1,0 +1,111 @@
+"""Traditional radiomics (TR) pipelines of the RGCNN paper: ``tr_rf`` and ``tr_xgb``.
+
+Whole-tumour pyradiomics features (:func:`~radiopath.classification.ct_inputs.scalar_radiomics`,
+cached per case: extraction is not fitted) -> StandardScaler -> PCA -> SMOTE -> random
+forest or XGBoost. The fitted steps form one imbalanced-learn ``Pipeline``, so scaling,
+PCA and SMOTE are learnt from the training cases passed to ``fit`` only, and SMOTE only
+resamples during ``fit``, never when scoring.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import pandas as pd
+from imblearn.over_sampling import SMOTE
+from imblearn.pipeline import Pipeline
+from sklearn.base import ClassifierMixin
+from sklearn.decomposition import PCA
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.preprocessing import StandardScaler
+from tqdm import tqdm
+from xgboost import XGBClassifier
+
+from radiopath.classification import ct_inputs
+from radiopath.classification.base import CasePipeline, register_pipeline
+from radiopath.errors import CaseError
+
+log = logging.getLogger(__name__)
+
+
+class TraditionalRadiomicsPipeline(CasePipeline):
+    """Scalar radiomics -> scaler -> PCA -> SMOTE -> a classifier built by ``make_classifier()``."""
+
+    def __init__(self, name: str, make_classifier: Callable[[], ClassifierMixin], radiomics: Mapping,
+                 pca_components: int, smote_k_neighbors: int, random_state: int):
+        if pca_components < 1 or smote_k_neighbors < 1:
+            raise ValueError(f"pca_components and smote_k_neighbors must be >= 1, got {pca_components}, "
+                             f"{smote_k_neighbors}")
+        self.name = name
+        self.make_classifier = make_classifier
+        self.radiomics = dict(radiomics)
+        self.pca_components = int(pca_components)
+        self.smote_k_neighbors = int(smote_k_neighbors)
+        self.random_state = int(random_state)
+        self.feature_names: list[str] | None = None
+
+    def features(self, cases: pd.DataFrame) -> np.ndarray:
+        """``(n, D)`` radiomic features of the cases (from the cache when present)."""
+        vectors = []
+        for row in tqdm(ct_inputs.rows(cases), desc="radiomics", unit="case", leave=False, disable=len(cases) < 20):
+            arrays = ct_inputs.scalar_radiomics(row, **self.radiomics)
+            names = [str(n) for n in arrays["names"]]
+            if self.feature_names is None:
+                self.feature_names = names
+            elif names != self.feature_names:
+                raise CaseError(row["case_id"], "radiomic feature names differ from the other cases'")
+            vectors.append(arrays["values"])
+        return np.stack(vectors).astype(np.float64)
+
+    def fit(self, cases: pd.DataFrame, y: np.ndarray) -> "TraditionalRadiomicsPipeline":
+        """Extract (or load) the training cases' features and fit scaler, PCA, SMOTE and classifier."""
+        y = np.asarray(y, dtype=int)
+        x = self.features(cases)
+        counts = np.bincount(y, minlength=2)
+        if counts.min() < 2:
+            raise ValueError(f"{self.name}: training part has {counts[0]} negative and {counts[1]} positive cases; "
+                             "SMOTE needs at least 2 of each")
+        components = min(self.pca_components, *x.shape)
+        neighbours = min(self.smote_k_neighbors, int(counts.min()) - 1)
+        if (components, neighbours) != (self.pca_components, self.smote_k_neighbors):
+            log.warning("%s: %d training cases x %d features, minority %d: PCA keeps %d components, SMOTE uses %d "
+                        "neighbours", self.name, *x.shape, counts.min(), components, neighbours)
+        self.model_ = Pipeline([
+            ("scale", StandardScaler()),
+            ("pca", PCA(n_components=components, random_state=self.random_state)),
+            ("smote", SMOTE(k_neighbors=neighbours, random_state=self.random_state)),
+            ("classifier", self.make_classifier()),
+        ])
+        self.model_.fit(x, y)
+        return self
+
+    def predict_proba(self, cases: pd.DataFrame) -> np.ndarray:
+        """P(y = 1) per case from the fitted steps (SMOTE is skipped when scoring)."""
+        if not hasattr(self, "model_"):
+            raise RuntimeError(f"{self.name}: predict_proba before fit")
+        proba = self.model_.predict_proba(self.features(cases))
+        return proba[:, list(self.model_.classes_).index(1)]
+
+
+@register_pipeline("tr_rf")
+def tr_rf(radiomics: Mapping, pca_components: int = 10, smote_k_neighbors: int = 5,
+          classifier: Mapping | None = None, random_state: int = 0) -> TraditionalRadiomicsPipeline:
+    """TR with a random forest; ``classifier``: ``RandomForestClassifier`` arguments."""
+    params = dict(classifier or {})
+    return TraditionalRadiomicsPipeline(
+        "tr_rf", lambda: RandomForestClassifier(random_state=random_state, **params), radiomics,
+        pca_components, smote_k_neighbors, random_state,
+    )
+
+
+@register_pipeline("tr_xgb")
+def tr_xgb(radiomics: Mapping, pca_components: int = 10, smote_k_neighbors: int = 5,
+           classifier: Mapping | None = None, random_state: int = 0) -> TraditionalRadiomicsPipeline:
+    """TR with gradient-boosted trees; ``classifier``: ``xgboost.XGBClassifier`` arguments."""
+    params = dict(classifier or {})
+    return TraditionalRadiomicsPipeline(
+        "tr_xgb", lambda: XGBClassifier(random_state=random_state, **params), radiomics,
+        pca_components, smote_k_neighbors, random_state,
+    )

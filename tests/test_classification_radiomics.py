@@ -1,0 +1,87 @@
+"""Traditional radiomics pipelines on a small demo cohort: fitted steps see training rows only, and TR beats chance."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from imblearn.over_sampling import SMOTE
+from sklearn.metrics import roc_auc_score
+
+from radiopath.classification.base import build_pipeline
+from radiopath.classification.run import PipelineSpec, evaluate
+from radiopath.classification.splits import TEST, make_splits
+from radiopath.classification.tasks import load_task
+from radiopath.data.demo_cohort import make_demo_cohort
+from radiopath.errors import CaseError
+
+# Small CTs and slides keep the cohort quick to draw; the radiomics are cheap ones on the original image.
+TINY = {
+    "ct": {"shape": [64, 64, 20], "spacing": [1.6, 1.6, 5.0]},
+    "wsi": {"size_px": [512, 512]},
+    "wsi_pattern": {"radius_um": [20.0, 40.0]},
+}
+RADIOMICS = {
+    "spacing_mm": 1.6, "margin_mm": 4.0, "features": {"firstorder": None, "shape": None},
+    "image_types": ["Original"], "bin_count": 16,
+}
+SMALL = {"pca_components": 4, "smote_k_neighbors": 3}
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    manifest = make_demo_cohort(tmp_path_factory.mktemp("cohort"), 30, 11, **TINY)
+    return load_task(manifest, "malignancy", "malignant", {})
+
+
+@pytest.fixture(scope="module")
+def radiomics(task, tmp_path_factory):
+    return {**RADIOMICS, "cache_dir": str(tmp_path_factory.mktemp("cache"))}
+
+
+def test_tr_pipeline_fits_scaler_pca_and_smote_on_training_rows_only(task, radiomics, monkeypatch):
+    seen = []
+    original = SMOTE.fit_resample
+
+    def recording(self, x, y):
+        seen.append(np.array(x))
+        return original(self, x, y)
+
+    monkeypatch.setattr(SMOTE, "fit_resample", recording)
+    train = np.arange(len(task.y)) % 3 != 0
+    pipeline = build_pipeline("tr_rf", radiomics=radiomics, classifier={"n_estimators": 20}, **SMALL)
+    pipeline.fit(task.cases[train].reset_index(drop=True), task.y[train])
+    x_train = pipeline.features(task.cases[train])
+
+    scale, pca = pipeline.model_.named_steps["scale"], pipeline.model_.named_steps["pca"]
+    assert scale.n_samples_seen_ == train.sum() and pca.n_samples_ == train.sum()
+    np.testing.assert_allclose(scale.mean_, x_train.mean(axis=0))
+    assert len(seen) == 1
+    np.testing.assert_allclose(seen[0], pca.transform(scale.transform(x_train)))  # SMOTE saw the training rows
+
+    p = pipeline.predict_proba(task.cases[~train].reset_index(drop=True))
+    assert len(seen) == 1 and p.shape == ((~train).sum(),)  # scoring never resamples
+    assert scale.n_samples_seen_ == train.sum()
+
+
+@pytest.mark.parametrize("name", ["tr_rf", "tr_xgb"])
+def test_tr_beats_chance_on_demo_malignancy(task, radiomics, name):
+    splits = make_splits(task.cases["case_id"], task.y, test_fraction=0.2, n_folds=3, seed=0)
+    spec = PipelineSpec(name, name, {"radiomics": radiomics, **SMALL, "classifier": {"n_estimators": 30}})
+    result = evaluate([spec], task.cases, splits, seed=0, test_model="ensemble", show_progress=False)
+    assert result.failures == []
+    predictions = result.predictions
+    assert set(predictions.loc[predictions["split"] == "test", "case_id"]) == set(
+        splits.loc[splits["fold"] == TEST, "case_id"])
+    # Out-of-fold AUC over the 24 non-test patients: benign demo tumours are small and fat-containing.
+    cv = predictions[predictions["split"] == "cv"]
+    assert roc_auc_score(cv["y"], cv["p"]) > 0.8
+
+
+def test_an_unusable_case_is_named(task, radiomics, tmp_path):
+    cases = task.cases.head(4).copy()
+    empty = tmp_path / "empty_mask.nii.gz"
+    mask = sitk.ReadImage(cases.loc[1, "mask"])
+    sitk.WriteImage(mask * 0, str(empty))
+    cases.loc[1, "mask"] = str(empty)
+    pipeline = build_pipeline("tr_rf", radiomics=radiomics, **SMALL)
+    with pytest.raises(CaseError, match=cases.loc[1, "case_id"]):
+        pipeline.fit(cases, np.array([0, 1, 0, 1]))
