@@ -15,7 +15,7 @@ from radiopath.classification.delong import delong_covariance, delong_test
 from radiopath.classification.metrics import score_predictions, youden_threshold
 from radiopath.classification.run import PipelineSpec, evaluate
 from radiopath.classification.splits import TEST, make_splits
-from radiopath.classification.stage import run_stage
+from radiopath.classification.stage import pipeline_specs, run_stage
 from radiopath.classification.tasks import load_task
 from radiopath.errors import ManifestError
 
@@ -224,3 +224,14 @@ def test_stage_writes_tables_figures_and_report(tmp_path):
     assert (out / "figures" / "roc.png").stat().st_size > 0 and (out / "figures" / "calibration.png").is_file()
     page = (out / "report.html").read_text()
     assert "DeLong" in page and "figures/roc.png" in page and "p03" in page
+
+
+@pytest.mark.parametrize("task", ["malignancy", "grade", "aggressiveness"])
+def test_experiments_compose_task_and_pipelines(task):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("classify", overrides=[f"experiment_classify={task}_tr"])
+    assert cfg.task.name == task and cfg.output_dir == f"runs/demo/classify/{task}_tr"
+    specs = pipeline_specs(cfg)
+    assert [(s.label, s.name) for s in specs] == [("tr_rf", "tr_rf"), ("tr_xgb", "tr_xgb")]
+    assert specs[0].kwargs["radiomics"]["image_types"] == ["Original", "Wavelet", "LoG"]
+    assert specs[0].kwargs["classifier"] == {"n_estimators": 100, "max_depth": 10, "n_jobs": 1}

@@ -1,6 +1,11 @@
 """Traditional radiomics pipelines on a small demo cohort: fitted steps see training rows only, and TR beats chance."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 import SimpleITK as sitk
 from imblearn.over_sampling import SMOTE
@@ -20,10 +25,12 @@ TINY = {
     "wsi_pattern": {"radius_um": [20.0, 40.0]},
 }
 RADIOMICS = {
-    "spacing_mm": 1.6, "margin_mm": 4.0, "features": {"firstorder": None, "shape": None},
+    "spacing_mm": 1.6, "margin_mm": 4.0,
+    "features": {"firstorder": None, "shape": None, "glcm": None, "glrlm": None},
     "image_types": ["Original"], "bin_count": 16,
 }
 SMALL = {"pca_components": 4, "smote_k_neighbors": 3}
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +92,25 @@ def test_an_unusable_case_is_named(task, radiomics, tmp_path):
     pipeline = build_pipeline("tr_rf", radiomics=radiomics, **SMALL)
     with pytest.raises(CaseError, match=cases.loc[1, "case_id"]):
         pipeline.fit(cases, np.array([0, 1, 0, 1]))
+
+
+def test_classify_command_on_the_demo_cohort(task, radiomics, tmp_path):
+    # Same radiomics settings as the fixture, so the cached features are reused.
+    manifest = task.cases["ct"].map(lambda p: Path(p).parents[1]).iloc[0] / "manifest.csv"
+    overrides = [
+        "experiment_classify=malignancy_tr", f"data.manifest={manifest}", f"output_dir={tmp_path}",
+        f"radiomics.cache_dir={radiomics['cache_dir']}", "ct.spacing_mm=1.6", "ct.margin_mm=4.0",
+        "radiomics.image_types=[Original]",
+        "radiomics.log_sigma=[1.0,3.0]", "radiomics.bin_count=16", "evaluation.n_folds=3",
+        "evaluation.n_boot=100", "progress=false",
+        *[f"pipelines.{name}.kwargs.{key}={value}" for name in ("tr_rf", "tr_xgb") for key, value in SMALL.items()],
+    ]
+    result = subprocess.run([sys.executable, "-m", "radiopath.classify", *overrides], cwd=REPO,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "task malignancy (y = malignant): 30 cases" in result.stdout
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    assert set(metrics["pipeline"]) == {"tr_rf", "tr_xgb"}
+    assert len(pd.read_csv(tmp_path / "delong.csv")) == 2 and (tmp_path / "report.html").is_file()
+    predictions = pd.read_csv(tmp_path / "predictions.csv")
+    assert len(predictions) == 2 * 30 and set(predictions["split"]) == {"cv", "test"}
