@@ -235,3 +235,16 @@ def test_experiments_compose_task_and_pipelines(task):
     assert [(s.label, s.name) for s in specs] == [("tr_rf", "tr_rf"), ("tr_xgb", "tr_xgb")]
     assert specs[0].kwargs["radiomics"]["image_types"] == ["Original", "Wavelet", "LoG"]
     assert specs[0].kwargs["classifier"] == {"n_estimators": 100, "max_depth": 10, "n_jobs": 1}
+
+
+def test_stage_with_every_pipeline_failing_still_reports(tmp_path):
+    cases, y = _clinical_cases()
+    manifest = _write_manifest(tmp_path / "manifest.csv", cases.assign(malignant=y).to_dict("records"))
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("classify", overrides=[f"data.manifest={manifest}", f"output_dir={tmp_path / 'out'}",
+                                             "progress=false", "+pipelines.bad.pipeline=test_spy",
+                                             "+pipelines.bad.kwargs.nope=1"])
+    _, evaluation, out = run_stage(cfg)
+    assert [name for name, _ in evaluation.failures] == ["bad"]
+    assert pd.read_csv(out / "failures.csv")["pipeline"].tolist() == ["bad"]
+    assert "bad failed: TypeError" in (out / "report.html").read_text()

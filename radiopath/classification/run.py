@@ -68,6 +68,7 @@ def evaluate_pipeline(spec: PipelineSpec, cases: pd.DataFrame, splits: pd.DataFr
         raise ValueError(f"evaluation.test_model must be one of {TEST_MODELS}, got {test_model!r}")
     if list(cases["case_id"]) != list(splits["case_id"]):
         raise ValueError("cases and splits must list the same case ids in the same order")
+    cases = cases.reset_index(drop=True)
     fold, y = splits["fold"].to_numpy(), splits["y"].to_numpy()
     test, dev = fold == TEST, fold != TEST
     rows, thresholds, test_scores = [], [], []
@@ -116,6 +117,7 @@ def evaluate(specs: list[PipelineSpec], cases: pd.DataFrame, splits: pd.DataFram
     columns = ["pipeline", "case_id", "split", "fold", "y", "p"]
     return Evaluation(
         predictions=pd.concat(predictions, ignore_index=True)[columns] if predictions else pd.DataFrame(columns=columns),
-        thresholds=pd.concat(thresholds, ignore_index=True) if thresholds else pd.DataFrame(),
+        thresholds=(pd.concat(thresholds, ignore_index=True) if thresholds
+                    else pd.DataFrame(columns=["fold", "threshold", "auc", "pipeline"])),
         failures=failures,
     )
