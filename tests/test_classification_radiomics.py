@@ -1,5 +1,6 @@
 """Traditional radiomics pipelines on a small demo cohort: fitted steps see training rows only, and TR beats chance."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -114,3 +115,6 @@ def test_classify_command_on_the_demo_cohort(task, radiomics, tmp_path):
     assert len(pd.read_csv(tmp_path / "delong.csv")) == 2 and (tmp_path / "report.html").is_file()
     predictions = pd.read_csv(tmp_path / "predictions.csv")
     assert len(predictions) == 2 * 30 and set(predictions["split"]) == {"cv", "test"}
+    record = json.loads((tmp_path / "manifest.json").read_text(encoding="utf-8"))
+    assert record["stage"] == "classify" and record["dataset"]["cases"] == 30
+    assert {entry["role"] for entry in record["inputs"]} >= {"cohort manifest", "splits"}
