@@ -16,7 +16,8 @@ class MultiPhaseResNet(nn.Module):
 
     where :math:`m_p \in \{0, 1\}` says whether phase :math:`p` exists for the patient: a
     missing phase contributes zero features and its indicator, and its encoder never
-    sees the patient (so a placeholder image cannot shift BatchNorm statistics).
+    sees the patient (so a placeholder image cannot shift BatchNorm statistics). In
+    training, a phase present for only one case of a batch is masked as missing for that step.
     """
 
     def __init__(self, n_phases: int, hidden_dim: int = 128, num_classes: int = 2, dropout: float = 0.2):
@@ -33,6 +34,11 @@ class MultiPhaseResNet(nn.Module):
 
     def forward(self, images: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """``images`` (N, P, H, W), ``present`` (N, P) bool -> logits (N, num_classes)."""
+        present = present.clone()
+        if self.training:
+            # BatchNorm cannot train on one sample: a phase present for a single case of the
+            # batch is treated as missing for this step (a phase dropout, never at inference).
+            present[:, present.sum(dim=0) == 1] = False
         features = []
         for phase, encoder in enumerate(self.encoders):
             rows = present[:, phase]

@@ -57,7 +57,7 @@ class RGCNNPipeline(CasePipeline):
         focal_gamma: float = 2.0,
         contrastive_weight: float = 1.0,
         temperature: float = 0.1,
-        epochs: int = 30,
+        epochs: int = 20,
         batch_size: int = 8,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
@@ -70,7 +70,11 @@ class RGCNNPipeline(CasePipeline):
             spacing_mm=spacing_mm, hu_window=tuple(hu_window), crop_size=crop_size, map_features=map_features,
             kernel_radius=map_kernel_radius, stride=map_stride, bin_count=map_bin_count,
         )
-        self.radiomics_settings = dict(radiomics or {}, spacing_mm=spacing_mm, hu_window=tuple(hu_window))
+        # ``radiomics`` holds scalar_radiomics' arguments (conf/classify/radiomics); the volume's
+        # resampling, window and cache are the fallback for the ones it leaves out.
+        self.radiomics_settings = {
+            "spacing_mm": spacing_mm, "hu_window": tuple(hu_window), "cache_dir": cache_dir, **dict(radiomics or {}),
+        }
         self.widths = tuple(int(w) for w in widths)
         self.projection_dim = projection_dim
         self.projector_hidden = projector_hidden
@@ -98,7 +102,7 @@ class RGCNNPipeline(CasePipeline):
     def scalar_radiomics(self, cases: pd.DataFrame) -> np.ndarray:
         """Whole-tumour pyradiomics features (n, D), unscaled."""
         return np.stack([
-            ct_inputs.scalar_radiomics(row, cache_dir=self.cache_dir, **self.radiomics_settings)["values"]
+            ct_inputs.scalar_radiomics(row, **self.radiomics_settings)["values"]
             for row in ct_inputs.rows(cases)
         ])
 

@@ -1,0 +1,245 @@
+"""``simclr_rf`` and ``simclr_mlp``: SimCLR slice embeddings + clinical features + tumour size.
+
+After the multimodal RF/MLP paper: a ResNet-18 (torchvision, random init) is trained
+self-supervised with SimCLR (NT-Xent between two augmented views: random resized crop,
+flips, rotation, Gaussian blur) on axial tumour slices of the *training* cases
+(:func:`~radiopath.classification.ct_inputs.tumour_slices`). A patient's embedding is
+the mean 512-d encoder output over its tumour slices. With the clinical columns (age;
+sex as 1 = M) and the tumour size (missing values imputed with training medians), an
+optional PCA of the embedding (``pca_components``, 20 in the paper, ``null`` = none) and
+min-max scaling, a random forest or an MLP learns three classes: 0 benign, 1 malignant
+and indolent, 2 malignant and aggressive (from the manifest's ``malignant`` and
+``aggressive`` columns; a case whose class is unknown trains SimCLR only).
+``target`` picks what :meth:`predict_proba` returns: ``malignant`` gives
+P(malignant) = 1 - P(benign), ``aggressive`` gives P(aggressive) = P(malignant and
+aggressive).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.compose import ColumnTransformer
+from sklearn.decomposition import PCA
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.impute import SimpleImputer
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import MinMaxScaler
+from torchvision.transforms import v2
+
+from radiopath.classification import ct_inputs
+from radiopath.classification.base import CasePipeline, register_pipeline
+from radiopath.classification.losses import NTXentLoss
+from radiopath.classification.nets import SimCLR
+from radiopath.classification.nets.training import predict_in_batches, seeded, shuffled_batches
+
+TARGETS = ("malignant", "aggressive")
+CLASSIFIERS = ("rf", "mlp")
+
+
+def three_classes(cases: pd.DataFrame) -> np.ndarray:
+    """0 benign, 1 malignant-indolent, 2 malignant-aggressive, -1 unknown, per case."""
+    malignant = pd.to_numeric(cases["malignant"], errors="coerce").to_numpy(dtype=float)
+    aggressive = (pd.to_numeric(cases["aggressive"], errors="coerce").to_numpy(dtype=float)
+                  if "aggressive" in cases else np.full(len(cases), np.nan))
+    classes = np.full(len(cases), -1)
+    classes[malignant == 0] = 0
+    classes[(malignant == 1) & (aggressive == 0)] = 1
+    classes[(malignant == 1) & (aggressive == 1)] = 2
+    return classes
+
+
+class SimCLREmbeddingPipeline(CasePipeline):
+    """SimCLR embeddings, clinical features and tumour size -> RF or MLP over three classes."""
+
+    def __init__(
+        self,
+        *,
+        classifier: str = "rf",
+        target: str = "malignant",
+        column: str = "ct",
+        spacing_mm: float = 1.0,
+        hu_window: Sequence[float] = (-500, 500),
+        slice_size: int = 64,
+        slice_depth: int = 64,
+        min_area_fraction: float = 0.25,
+        clinical: Sequence[str] = ("age", "sex"),
+        size_column: str | None = "tumour_size_mm",
+        epochs: int = 10,
+        slices_per_case: int = 6,
+        batch_size: int = 64,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-6,
+        temperature: float = 0.5,
+        projection_dim: int = 128,
+        crop_scale: Sequence[float] = (0.6, 1.0),
+        rotation_degrees: float = 20.0,
+        blur_sigma: Sequence[float] = (0.1, 1.5),
+        blur_kernel: int = 5,
+        pca_components: int | None = 20,
+        rf_n_estimators: int = 500,
+        rf_max_depth: int | None = None,
+        mlp_hidden: Sequence[int] = (64,),
+        mlp_lr: float = 3e-4,
+        mlp_weight_decay: float = 8e-4,
+        mlp_max_iter: int = 2000,
+        cache_dir: str | None = None,
+        device: str = "cpu",
+        random_state: int = 0,
+    ):
+        if classifier not in CLASSIFIERS:
+            raise ValueError(f"classifier must be one of {CLASSIFIERS}, got {classifier!r}")
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+        self.name = f"simclr_{classifier}"
+        self.classifier = classifier
+        self.target = target
+        self.slice_settings = dict(column=column, spacing_mm=spacing_mm, hu_window=tuple(hu_window),
+                                   size=slice_size, depth=slice_depth, min_area_fraction=min_area_fraction)
+        self.clinical = [str(c) for c in clinical]
+        self.size_column = size_column
+        self.epochs = epochs
+        self.slices_per_case = slices_per_case
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.temperature = temperature
+        self.projection_dim = projection_dim
+        self.augment = v2.Compose([
+            v2.RandomResizedCrop(slice_size, scale=tuple(crop_scale), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.RandomVerticalFlip(),
+            v2.RandomRotation(rotation_degrees),
+            v2.GaussianBlur(kernel_size=blur_kernel, sigma=tuple(blur_sigma)),
+        ])
+        self.pca_components = pca_components
+        self.rf_n_estimators = rf_n_estimators
+        self.rf_max_depth = rf_max_depth
+        self.mlp_hidden = tuple(mlp_hidden)
+        self.mlp_lr = mlp_lr
+        self.mlp_weight_decay = mlp_weight_decay
+        self.mlp_max_iter = mlp_max_iter
+        self.cache_dir = cache_dir
+        self.device = torch.device(device)
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------ SimCLR
+
+    def _slices(self, cases: pd.DataFrame) -> list[torch.Tensor]:
+        """Per case, its tumour slices (S, 1, H, W)."""
+        return [
+            torch.from_numpy(ct_inputs.tumour_slices(row, cache_dir=self.cache_dir, **self.slice_settings)["slices"])[:, None]
+            for row in ct_inputs.rows(cases)
+        ]
+
+    def _views(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.augment(image) for image in images]).to(self.device)
+
+    def _train_simclr(self, slices: list[torch.Tensor]) -> SimCLR:
+        generator = torch.Generator().manual_seed(self.random_state)
+        model = SimCLR(in_channels=1, projection_dim=self.projection_dim).to(self.device)
+        optimiser = torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        loss_fn = NTXentLoss(self.temperature)
+        self.history_ = []
+        for _ in range(self.epochs):
+            model.train()
+            # A few random slices per case each epoch: big tumours must not dominate the epoch.
+            pool = torch.cat([
+                s[torch.randperm(len(s), generator=generator)[: self.slices_per_case]] for s in slices
+            ])
+            losses = []
+            for batch in shuffled_batches(len(pool), self.batch_size, generator):
+                if len(batch) < 2:  # NT-Xent needs a negative
+                    continue
+                images = pool[batch]
+                loss = loss_fn(model(self._views(images)), model(self._views(images)))
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+                losses.append(loss.item())
+            self.history_.append(float(np.mean(losses)) if losses else float("nan"))
+        return model.eval()
+
+    def embeddings(self, cases: pd.DataFrame) -> np.ndarray:
+        """Patient embeddings (n, 512): the mean encoder output over each case's tumour slices."""
+        forward = lambda x: self.simclr_.embed(x.to(self.device)).cpu()  # noqa: E731
+        return np.stack([
+            predict_in_batches(forward, [s], self.batch_size).mean(dim=0).numpy() for s in self._slices(cases)
+        ]).astype(np.float64)
+
+    # ------------------------------------------------------------------ tabular model
+
+    def _table(self, cases: pd.DataFrame) -> np.ndarray:
+        """Embedding, clinical and size columns side by side (NaN where a value is missing)."""
+        columns = [self.embeddings(cases)]
+        for name in self.clinical:
+            values = cases[name]
+            if name == "sex":
+                values = values.astype(str).str.upper().str[0].map({"M": 1.0, "F": 0.0})
+            columns.append(pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)[:, None])
+        if self.size_column:
+            columns.append(pd.to_numeric(cases[self.size_column], errors="coerce").to_numpy(dtype=float)[:, None])
+        return np.concatenate(columns, axis=1)
+
+    def _model(self, n_train: int, embed_dim: int, n_columns: int) -> Pipeline:
+        embedding = ("passthrough" if self.pca_components is None else
+                     PCA(n_components=min(self.pca_components, n_train, embed_dim), random_state=self.random_state))
+        blocks = ColumnTransformer([
+            ("embedding", embedding, np.arange(embed_dim)),
+            ("clinical", SimpleImputer(strategy="median", keep_empty_features=True), np.arange(embed_dim, n_columns)),
+        ])
+        if self.classifier == "rf":
+            model = RandomForestClassifier(n_estimators=self.rf_n_estimators, max_depth=self.rf_max_depth,
+                                           random_state=self.random_state)
+        else:
+            model = MLPClassifier(hidden_layer_sizes=self.mlp_hidden, learning_rate_init=self.mlp_lr,
+                                  alpha=self.mlp_weight_decay, max_iter=self.mlp_max_iter,
+                                  random_state=self.random_state)
+        return Pipeline([("blocks", blocks), ("scale", MinMaxScaler()), ("classifier", model)])
+
+    # ------------------------------------------------------------------ fit / predict
+
+    def fit(self, cases: pd.DataFrame, y: np.ndarray) -> "SimCLREmbeddingPipeline":
+        """SimCLR on the training cases' slices, then the three-class classifier."""
+        classes = three_classes(cases)
+        known = classes >= 0
+        derived = (classes > 0) if self.target == "malignant" else (classes == 2)
+        if (derived[known] != np.asarray(y, dtype=int)[known]).any():
+            raise ValueError(f"{self.name}: y does not match the '{self.target}' target derived from the "
+                             "malignant/aggressive columns; set target to the task's label")
+        if known.sum() < 2:
+            raise ValueError(f"{self.name}: fewer than two training cases with a known three-class label")
+        with seeded(self.random_state):
+            self.simclr_ = self._train_simclr(self._slices(cases))
+        table = self._table(cases)
+        embed_dim = self.simclr_.encoder.out_dim
+        self.model_ = self._model(int(known.sum()), embed_dim, table.shape[1])
+        with warnings.catch_warnings():
+            # A small MLP on a few dozen cases may stop at max_iter; the fit is still usable.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            self.model_.fit(table[known], classes[known])
+        return self
+
+    def predict_proba(self, cases: pd.DataFrame) -> np.ndarray:
+        """P(malignant) = 1 - P(benign) or P(aggressive) = P(malignant and aggressive), per ``target``."""
+        proba = np.zeros((len(cases), 3))
+        proba[:, self.model_.classes_] = self.model_.predict_proba(self._table(cases))
+        return 1.0 - proba[:, 0] if self.target == "malignant" else proba[:, 2]
+
+
+@register_pipeline("simclr_rf")
+def simclr_rf(**kwargs) -> SimCLREmbeddingPipeline:
+    """SimCLR embeddings + clinical + size into a random forest (see :class:`SimCLREmbeddingPipeline`)."""
+    return SimCLREmbeddingPipeline(classifier="rf", **kwargs)
+
+
+@register_pipeline("simclr_mlp")
+def simclr_mlp(**kwargs) -> SimCLREmbeddingPipeline:
+    """SimCLR embeddings + clinical + size into an MLP (see :class:`SimCLREmbeddingPipeline`)."""
+    return SimCLREmbeddingPipeline(classifier="mlp", **kwargs)

@@ -1,0 +1,140 @@
+"""``multiphase``: one 2-D ResNet-18 per CT phase on the largest tumour slice, fused by an MLP.
+
+After the multi-phase CNN of the malignancy/aggressiveness paper. ``phases`` lists manifest
+columns, one CT phase each (default ``[ct]``: the demo cohort has one phase); every phase
+must lie on the grid of the ``mask`` column (registered to it, as in the paper). Per
+phase the input is the axial slice with the largest tumour area, ``slice_size`` pixels at
+``spacing_mm`` around the tumour centroid, HU clipped to ``hu_window`` ([-500, 500]) and
+mapped to [0, 1] (:func:`~radiopath.classification.ct_inputs.tumour_slices`).
+
+Missing phases: a case whose cell for a phase is empty (or whose file is absent) gets
+zero features for that phase plus a missing indicator, and that phase's ResNet never
+sees it (:class:`~radiopath.classification.nets.MultiPhaseResNet`); every case needs at
+least one phase. Training: cross-entropy with class weights inverse to the training
+class frequencies, Adam, random flips and 90-degree rotations; weights are random
+(the paper fine-tunes ImageNet weights, which are never downloaded here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from radiopath.classification import ct_inputs
+from radiopath.classification.base import CasePipeline, register_pipeline
+from radiopath.classification.nets import MultiPhaseResNet
+from radiopath.classification.nets.training import predict_in_batches, random_flips, seeded, shuffled_batches
+from radiopath.errors import CaseError
+
+
+class MultiPhasePipeline(CasePipeline):
+    """Largest tumour slice per phase -> per-phase ResNet-18 -> MLP; P(y = 1)."""
+
+    name = "multiphase"
+
+    def __init__(
+        self,
+        *,
+        phases: Sequence[str] = ("ct",),
+        spacing_mm: float = 1.0,
+        hu_window: Sequence[float] = (-500, 500),
+        slice_size: int = 64,
+        slice_depth: int = 64,
+        hidden_dim: int = 128,
+        dropout: float = 0.2,
+        epochs: int = 20,
+        batch_size: int = 16,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        class_balanced: bool = True,
+        augment: bool = True,
+        cache_dir: str | None = None,
+        device: str = "cpu",
+        random_state: int = 0,
+    ):
+        if not phases:
+            raise ValueError("phases must name at least one manifest column")
+        self.phases = [str(p) for p in phases]
+        self.slice_settings = dict(spacing_mm=spacing_mm, hu_window=tuple(hu_window), size=slice_size,
+                                   depth=slice_depth, min_area_fraction=1.0)
+        self.slice_size = slice_size
+        self.hidden_dim = hidden_dim
+        self.dropout = dropout
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.class_balanced = class_balanced
+        self.augment = augment
+        self.cache_dir = cache_dir
+        self.device = torch.device(device)
+        self.random_state = random_state
+
+    def _inputs(self, cases: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
+        """Largest tumour slices (n, P, H, W), zero for a missing phase, and presence (n, P)."""
+        unknown = [p for p in self.phases if p not in cases.columns]
+        if unknown:
+            raise ValueError(f"phase column(s) {unknown} not in the manifest")
+        images = np.zeros((len(cases), len(self.phases), self.slice_size, self.slice_size), np.float32)
+        present = np.zeros((len(cases), len(self.phases)), bool)
+        for i, row in enumerate(ct_inputs.rows(cases)):
+            for p, phase in enumerate(self.phases):
+                if ct_inputs.has_image(row, phase):
+                    slices = ct_inputs.tumour_slices(row, column=phase, cache_dir=self.cache_dir,
+                                                     **self.slice_settings)
+                    images[i, p] = slices["slices"][slices["areas"].argmax()]
+                    present[i, p] = True
+            if not present[i].any():
+                raise CaseError(str(row["case_id"]), f"none of the phases {self.phases} has an image")
+        return torch.from_numpy(images), torch.from_numpy(present)
+
+    def _augment(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        images = random_flips(images, (2, 3), generator)
+        turns = torch.randint(0, 4, (len(images),), generator=generator)
+        return torch.stack([torch.rot90(image, int(k), dims=(1, 2)) for image, k in zip(images, turns)])
+
+    def fit(self, cases: pd.DataFrame, y: np.ndarray) -> "MultiPhasePipeline":
+        """Train the per-phase ResNets and the fusion MLP on these cases."""
+        labels = torch.as_tensor(np.asarray(y, dtype=np.int64))
+        images, present = self._inputs(cases)
+        counts = torch.bincount(labels, minlength=2).clamp(min=1).double()
+        weight = (len(labels) / (2 * counts)).float() if self.class_balanced else None
+        with seeded(self.random_state):
+            generator = torch.Generator().manual_seed(self.random_state)
+            model = MultiPhaseResNet(len(self.phases), self.hidden_dim, dropout=self.dropout).to(self.device)
+            optimiser = torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+            loss_fn = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(self.device))
+            self.history_ = []
+            for _ in range(self.epochs):
+                model.train()
+                losses = []
+                for batch in shuffled_batches(len(labels), self.batch_size, generator):
+                    if len(batch) < 2:  # BatchNorm needs two samples
+                        continue
+                    x = self._augment(images[batch], generator) if self.augment else images[batch]
+                    loss = loss_fn(model(x.to(self.device), present[batch].to(self.device)),
+                                   labels[batch].to(self.device))
+                    optimiser.zero_grad()
+                    loss.backward()
+                    optimiser.step()
+                    losses.append(loss.item())
+                self.history_.append(float(np.mean(losses)) if losses else float("nan"))
+        self.model_ = model.eval()
+        return self
+
+    def predict_proba(self, cases: pd.DataFrame) -> np.ndarray:
+        """P(y = 1) per case."""
+        images, present = self._inputs(cases)
+        logits = predict_in_batches(lambda x, m: self.model_(x.to(self.device), m.to(self.device)).cpu(),
+                                    [images, present], self.batch_size)
+        return torch.softmax(logits, dim=1)[:, 1].numpy().astype(np.float64)
+
+
+@register_pipeline("multiphase")
+def multiphase(**kwargs) -> MultiPhasePipeline:
+    """The multi-phase CNN with its config kwargs (see :class:`MultiPhasePipeline`)."""
+    return MultiPhasePipeline(**kwargs)

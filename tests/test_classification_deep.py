@@ -1,0 +1,155 @@
+"""Deep CT classification pipelines: losses, cached inputs, and every pipeline on a small demo cohort.
+
+The pipelines run with tiny crops, networks and epoch counts (kwargs) so the module stays
+well under two minutes on two CPU cores; malignancy is easy on the demo cohort (benign
+tumours are small and fat-containing), so even these short fits must beat chance.
+"""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
+
+from radiopath.classification import build_pipeline, ct_inputs
+from radiopath.classification.losses import FocalLoss, NTXentLoss, SupConLoss
+from radiopath.classification.nets import CNN3d
+from radiopath.data.demo_cohort import make_demo_cohort
+from radiopath.data.manifest import load_manifest
+
+TINY = {
+    "ct": {"shape": [64, 64, 20], "spacing": [1.6, 1.6, 5.0]},
+    "wsi": {"size_px": [512, 512]},
+    "wsi_pattern": {"radius_um": [30.0, 60.0]},
+}
+RADIOMICS = {"features": {"firstorder": None, "shape": None}, "image_types": ["Original"]}
+VOLUME = {"crop_size": 16, "spacing_mm": 2.0, "map_stride": 1, "widths": [4, 4, 8, 8], "projection_dim": 8,
+          "projector_hidden": 16, "batch_size": 4, "radiomics": RADIOMICS}
+SLICES = {"spacing_mm": 2.0, "slice_size": 24, "slice_depth": 24}
+PIPELINES = {
+    "rgcnn": {**VOLUME, "epochs": 15, "lr": 3e-3},
+    "cr_rf": {"rgcnn": {"pipeline": "rgcnn", "kwargs": {**VOLUME, "epochs": 2}}, "pca_components": 3,
+              "classifier": {"n_estimators": 50}},
+    "cr_tr_rf": {"rgcnn": {"pipeline": "rgcnn", "kwargs": {**VOLUME, "epochs": 2}}, "pca_components": 3,
+                 "classifier": {"n_estimators": 50}},
+    "simclr_rf": {**SLICES, "target": "malignant", "epochs": 1, "slices_per_case": 2, "pca_components": 4,
+                  "rf_n_estimators": 50},
+    "simclr_mlp": {**SLICES, "target": "malignant", "epochs": 1, "slices_per_case": 2, "pca_components": 4},
+    "multiphase": {**SLICES, "phases": ["ct", "ct_late"], "epochs": 30, "batch_size": 4, "lr": 3e-4},
+}
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """16 demo patients, a second phase for every other case, split 10 train / 6 test by class."""
+    path = make_demo_cohort(tmp_path_factory.mktemp("cohort"), 16, 1, **TINY)
+    cases = load_manifest(path).frame
+    cases["ct_late"] = np.where(np.arange(len(cases)) % 2 == 0, cases["ct"], "")
+    benign = cases.index[cases["malignant"] == 0]
+    malignant = cases.index[cases["malignant"] == 1]
+    assert len(benign) >= 4 and len(malignant) >= 6, "the seed must give both classes"
+    test = list(benign[:2]) + list(malignant[:4])
+    return cases.drop(index=test), cases.loc[test]
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def test_focal_loss_with_gamma_zero_is_cross_entropy():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(32, 3, generator=generator)
+    target = torch.randint(0, 3, (32,), generator=generator)
+    assert torch.allclose(FocalLoss(gamma=0.0)(logits, target), F.cross_entropy(logits, target))
+    assert FocalLoss(gamma=2.0)(logits, target) < F.cross_entropy(logits, target)
+
+
+def test_supervised_contrastive_loss_prefers_aligned_pairs():
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(16) % 2
+    centres = torch.randn(2, 8, generator=generator)
+    image = centres[labels] + 0.3 * torch.randn(16, 8, generator=generator)
+    radiomics = image + 0.1 * torch.randn(16, 8, generator=generator)
+    loss = SupConLoss(temperature=0.1)
+    aligned = loss(torch.cat([image, radiomics]), torch.cat([labels, labels]))
+    shuffled = loss(torch.cat([image, radiomics[torch.randperm(16, generator=generator)]]), torch.cat([labels, labels]))
+    assert aligned < shuffled
+
+
+def test_nt_xent_is_lower_for_matching_views():
+    generator = torch.Generator().manual_seed(0)
+    view1 = torch.randn(16, 8, generator=generator)
+    view2 = view1 + 0.1 * torch.randn(16, 8, generator=generator)
+    loss = NTXentLoss(temperature=0.5)
+    assert loss(view1, view2) < loss(view1, view2[torch.randperm(16, generator=generator)])
+
+
+def test_cnn_radiomics_count_is_the_sum_of_the_widths():
+    encoder = CNN3d(in_channels=6, widths=(8, 16, 24, 48))
+    assert encoder.map_sums(torch.rand(2, 6, 16, 16, 16)).shape == (2, 96)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def test_tumour_volume_has_maps_inside_the_tumour_only_and_is_cached(cohort, tmp_path):
+    row = ct_inputs.rows(cohort[0])[0]
+    settings = {"spacing_mm": 2.0, "crop_size": 16, "stride": 2}
+    first = ct_inputs.tumour_volume(row, cache_dir=tmp_path, **settings)
+    volume, mask = first["volume"], first["mask"]
+    assert volume.shape == (6, 16, 16, 16) and mask.shape == (16, 16, 16) and mask.any()
+    assert np.all(volume[1:, mask == 0] == 0)
+    assert np.isfinite(volume).all() and 0 <= volume[0].min() and volume[0].max() <= 1
+    # Every tumour voxel got a map value, from its nearest computed voxel at stride 2.
+    assert np.count_nonzero(volume[1][mask == 1]) > 0.5 * mask.sum()
+    assert len(list(tmp_path.rglob("*.npz"))) == 1
+    again = ct_inputs.tumour_volume(row, cache_dir=tmp_path, **settings)
+    assert np.array_equal(again["volume"], volume)
+    ct_inputs.tumour_volume(row, cache_dir=tmp_path, **{**settings, "stride": 1})
+    assert len(list(tmp_path.rglob("*.npz"))) == 2  # another setting, another entry
+
+
+# --------------------------------------------------------------------------- pipelines
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINES))
+def test_pipeline_fits_predicts_and_beats_chance_on_malignancy(name, cohort, tmp_path_factory):
+    train, test = cohort
+    cache = tmp_path_factory.getbasetemp() / "inputs"  # shared: inputs are not fitted
+    kwargs = dict(PIPELINES[name])
+    if "rgcnn" in kwargs:
+        kwargs["rgcnn"] = {**kwargs["rgcnn"], "kwargs": {**kwargs["rgcnn"]["kwargs"], "cache_dir": str(cache)}}
+    else:
+        kwargs["cache_dir"] = str(cache)
+    pipeline = build_pipeline(name, random_state=0, **kwargs)
+    pipeline.fit(train, train["malignant"].to_numpy())
+    proba = pipeline.predict_proba(test)
+    assert proba.shape == (len(test),)
+    assert np.isfinite(proba).all() and (proba >= 0).all() and (proba <= 1).all()
+    assert roc_auc_score(test["malignant"], proba) >= 0.75
+
+
+def test_multiphase_handles_a_case_without_any_phase(cohort):
+    train, _ = cohort
+    no_phase = train.iloc[:1].assign(ct="", ct_late="")
+    pipeline = build_pipeline("multiphase", phases=["ct", "ct_late"], epochs=0, **SLICES)
+    with pytest.raises(Exception, match="none of the phases"):
+        pipeline.fit(pd.concat([train, no_phase]), np.r_[train["malignant"].to_numpy(), 1])
+
+
+def test_simclr_refuses_a_target_that_is_not_the_task_label(cohort):
+    train, _ = cohort
+    pipeline = build_pipeline("simclr_rf", target="aggressive", epochs=0, **SLICES)
+    with pytest.raises(ValueError, match="target"):
+        pipeline.fit(train, train["malignant"].to_numpy())
+
+
+def test_fits_depend_on_random_state_only_and_leave_no_global_state(cohort, tmp_path):
+    train, test = cohort
+    kwargs = {**PIPELINES["rgcnn"], "epochs": 2, "cache_dir": str(tmp_path)}
+    before = torch.random.get_rng_state()
+    first = build_pipeline("rgcnn", random_state=5, **kwargs).fit(train, train["malignant"].to_numpy())
+    assert torch.equal(torch.random.get_rng_state(), before)
+    second = build_pipeline("rgcnn", random_state=5, **kwargs).fit(train, train["malignant"].to_numpy())
+    # Equal up to float summation order (CPU convolutions may split work across threads differently).
+    np.testing.assert_allclose(first.predict_proba(test), second.predict_proba(test), rtol=1e-5)
