@@ -73,7 +73,8 @@ class NTXentLoss(nn.Module):
     r"""Normalised temperature-scaled cross-entropy (SimCLR) over two views of N images.
 
     .. math::
-        \ell_{i} = -\log \frac{\exp(\mathrm{sim}(z_i, z_{i'}) / \tau)}{\sum_{k \neq i} \exp(\mathrm{sim}(z_i, z_k) / \tau)}
+        \ell_{i} = -\log \frac{\exp(\mathrm{sim}(z_i, z_{i'}) / \tau)}
+                              {\sum_{k \neq i} \exp(\mathrm{sim}(z_i, z_k) / \tau)}
 
     averaged over all 2N views, where :math:`i'` is the other view of the same image and
     :math:`\mathrm{sim}` the cosine similarity: :class:`SupConLoss` with image identity

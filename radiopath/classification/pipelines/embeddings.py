@@ -133,10 +133,9 @@ class SimCLREmbeddingPipeline(CasePipeline):
 
     def _slices(self, cases: pd.DataFrame) -> list[torch.Tensor]:
         """Per case, its tumour slices (S, 1, H, W)."""
-        return [
-            torch.from_numpy(ct_inputs.tumour_slices(row, cache_dir=self.cache_dir, **self.slice_settings)["slices"])[:, None]
-            for row in ct_inputs.rows(cases)
-        ]
+        slices = [ct_inputs.tumour_slices(row, cache_dir=self.cache_dir, **self.slice_settings)["slices"]
+                  for row in ct_inputs.rows(cases)]
+        return [torch.from_numpy(s)[:, None] for s in slices]
 
     def _views(self, images: torch.Tensor) -> torch.Tensor:
         return torch.stack([self.augment(image) for image in images]).to(self.device)
