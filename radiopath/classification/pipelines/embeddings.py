@@ -71,7 +71,7 @@ class SimCLREmbeddingPipeline(CasePipeline):
         min_area_fraction: float = 0.25,
         clinical: Sequence[str] = ("age", "sex"),
         size_column: str | None = "tumour_size_mm",
-        epochs: int = 10,
+        epochs: int = 40,
         slices_per_case: int = 6,
         batch_size: int = 64,
         lr: float = 1e-3,

@@ -46,7 +46,7 @@ class MultiPhasePipeline(CasePipeline):
         slice_depth: int = 64,
         hidden_dim: int = 128,
         dropout: float = 0.2,
-        epochs: int = 20,
+        epochs: int = 50,
         batch_size: int = 16,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,

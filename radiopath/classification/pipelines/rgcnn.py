@@ -42,6 +42,7 @@ class RGCNNPipeline(CasePipeline):
     def __init__(
         self,
         *,
+        column: str = "ct",
         crop_size: int = 64,
         spacing_mm: float = 1.0,
         hu_window: Sequence[float] = (-500, 500),
@@ -67,7 +68,7 @@ class RGCNNPipeline(CasePipeline):
         random_state: int = 0,
     ):
         self.volume_settings = dict(
-            spacing_mm=spacing_mm, hu_window=tuple(hu_window), crop_size=crop_size, map_features=map_features,
+            column=column, spacing_mm=spacing_mm, hu_window=tuple(hu_window), crop_size=crop_size, map_features=map_features,
             kernel_radius=map_kernel_radius, stride=map_stride, bin_count=map_bin_count,
         )
         # ``radiomics`` holds scalar_radiomics' arguments (conf/classify/radiomics); the volume's
