@@ -1,4 +1,5 @@
 import inspect
+import locale
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,7 @@ def _outer_corner(image: sitk.Image) -> np.ndarray:
 def _write_dicom_series(image: sitk.Image, folder: Path, series_uid: str) -> None:
     """Write ``image`` as one DICOM file per slice, with the tags a series reader sorts on."""
     folder.mkdir(exist_ok=True)
+    saved_locale = locale.setlocale(locale.LC_ALL)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     direction = image.GetDirection()
@@ -87,6 +89,8 @@ def _write_dicom_series(image: sitk.Image, folder: Path, series_uid: str) -> Non
             slice_.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"{series_uid}_{z:03d}.dcm"))
         writer.Execute(slice_)
+    # GDCM's writer sets the process locale to "C": later tests would read text as ASCII.
+    locale.setlocale(locale.LC_ALL, saved_locale)
 
 
 def _assert_same_image(actual: sitk.Image, expected: sitk.Image) -> None:
