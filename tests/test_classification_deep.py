@@ -33,6 +33,15 @@ PIPELINES = {
               "classifier": {"n_estimators": 50}},
     "cr_tr_rf": {"rgcnn": {"pipeline": "rgcnn", "kwargs": {**VOLUME, "epochs": 2}}, "pca_components": 3,
                  "classifier": {"n_estimators": 50}},
+    # XGBoost's default "hist" method splits at cuts equal to training values (x < lowest value of the
+    # upper side), not at midpoints as sklearn's trees do. Here one PCA component separates the 14 SMOTE
+    # rows, so every tree is that one split, and the benign test cases, just below the lowest benign
+    # training value, all land with the malignant ones (one constant probability, AUC 0.5). "exact"
+    # splits at midpoints and costs nothing on tiny data.
+    "cr_xgb": {"rgcnn": {"pipeline": "rgcnn", "kwargs": {**VOLUME, "epochs": 2}}, "pca_components": 3,
+               "classifier": {"n_estimators": 50, "max_depth": 3, "tree_method": "exact"}},
+    "cr_tr_xgb": {"rgcnn": {"pipeline": "rgcnn", "kwargs": {**VOLUME, "epochs": 2}}, "pca_components": 3,
+                  "classifier": {"n_estimators": 50, "max_depth": 3, "tree_method": "exact"}},
     "simclr_rf": {**SLICES, "target": "malignant", "epochs": 1, "slices_per_case": 2, "pca_components": 4,
                   "rf_n_estimators": 50},
     "simclr_mlp": {**SLICES, "target": "malignant", "epochs": 1, "slices_per_case": 2, "pca_components": 4},

@@ -1,4 +1,5 @@
-"""``cr_rf`` and ``cr_tr_rf``: CNN-based radiomics (CR), alone or with traditional radiomics (TR).
+"""``cr_rf``, ``cr_tr_rf``, ``cr_xgb``, ``cr_tr_xgb``: CNN-based radiomics (CR), alone or with traditional
+radiomics (TR), into a random forest or XGBoost.
 
 CR (Tsai et al., Sec. 4.3) are the per-channel sums of an RGCNN's encoder feature maps
 of layers ``cr_layers`` (default 0-3). With the default widths (8, 16, 24, 48) that is
@@ -7,8 +8,9 @@ RGCNN is trained inside :meth:`CNNRadiomicsPipeline.fit` on the training cases o
 
 Each feature block (CR; CR and TR) goes through StandardScaler -> PCA
 (``pca_components`` each, so CR+TR has twice as many) and then, jointly, SMOTE -> random
-forest, in one imbalanced-learn ``Pipeline``: scaling, PCA and SMOTE are fitted on the
-training cases and SMOTE resamples during fit only.
+forest (``*_rf``) or XGBoost (``*_xgb``), in one imbalanced-learn ``Pipeline``: scaling, PCA
+and SMOTE are fitted on the training cases and SMOTE resamples during fit only.
+``classifier`` holds ``RandomForestClassifier`` or ``xgboost.XGBClassifier`` arguments.
 
 ``rgcnn`` is the RGCNN as a pipeline spec, ``{pipeline: rgcnn, kwargs: {...}}`` with
 :class:`~radiopath.classification.pipelines.rgcnn.RGCNNPipeline` kwargs (the configs
@@ -18,16 +20,18 @@ include ``conf/classify/pipeline/rgcnn.yaml`` there); TR are that RGCNN's scalar
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from imblearn.over_sampling import SMOTE
 from imblearn.pipeline import Pipeline
+from sklearn.base import ClassifierMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.decomposition import PCA
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.preprocessing import StandardScaler
+from xgboost import XGBClassifier
 
 from radiopath.classification.base import CasePipeline, register_pipeline
 from radiopath.classification.pipelines.rgcnn import RGCNNPipeline
@@ -36,17 +40,17 @@ log = logging.getLogger(__name__)
 
 
 class CNNRadiomicsPipeline(CasePipeline):
-    """RGCNN map sums (and scalar radiomics) -> per-block scaler + PCA -> SMOTE -> random forest."""
+    """RGCNN map sums (and scalar radiomics) -> per-block scaler + PCA -> SMOTE -> ``make_classifier()``."""
 
     def __init__(
         self,
         name: str,
         with_tr: bool,
+        make_classifier: Callable[[], ClassifierMixin],
         rgcnn: Mapping | None = None,
         cr_layers: Sequence[int] = (0, 1, 2, 3),
         pca_components: int = 10,
         smote_k_neighbors: int = 5,
-        classifier: Mapping | None = None,
         random_state: int = 0,
     ):
         if pca_components < 1 or smote_k_neighbors < 1:
@@ -57,11 +61,11 @@ class CNNRadiomicsPipeline(CasePipeline):
             raise ValueError(f"{name}: rgcnn must be an rgcnn pipeline spec, got pipeline={spec['pipeline']!r}")
         self.name = name
         self.with_tr = with_tr
+        self.make_classifier = make_classifier
         self.rgcnn = dict(spec.get("kwargs") or {})
         self.cr_layers = tuple(int(layer) for layer in cr_layers)
         self.pca_components = int(pca_components)
         self.smote_k_neighbors = int(smote_k_neighbors)
-        self.classifier = dict(classifier or {})
         self.random_state = int(random_state)
 
     def _features(self, cases: pd.DataFrame) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -73,7 +77,7 @@ class CNNRadiomicsPipeline(CasePipeline):
         return np.concatenate(blocks, axis=1), [np.arange(a, b) for a, b in zip(edges[:-1], edges[1:])]
 
     def fit(self, cases: pd.DataFrame, y: np.ndarray) -> "CNNRadiomicsPipeline":
-        """Train the RGCNN on these cases, then fit the per-block PCA, SMOTE and the forest."""
+        """Train the RGCNN on these cases, then fit the per-block PCA, SMOTE and the classifier."""
         y = np.asarray(y, dtype=int)
         counts = np.bincount(y, minlength=2)
         if counts.min() < 2:
@@ -96,25 +100,50 @@ class CNNRadiomicsPipeline(CasePipeline):
         self.model_ = Pipeline([
             ("blocks", ColumnTransformer(transformers)),
             ("smote", SMOTE(k_neighbors=neighbours, random_state=self.random_state)),
-            ("classifier", RandomForestClassifier(random_state=self.random_state, **self.classifier)),
+            ("classifier", self.make_classifier()),
         ])
         self.model_.fit(x, y)
         return self
 
     def predict_proba(self, cases: pd.DataFrame) -> np.ndarray:
-        """P(y = 1) from the forest on the cases' CR (and TR) features."""
+        """P(y = 1) from the classifier on the cases' CR (and TR) features."""
         x, _ = self._features(cases)
         proba = self.model_.predict_proba(x)
         return proba[:, list(self.model_.classes_).index(1)]
 
 
+def _forest(random_state: int, classifier: Mapping | None) -> Callable[[], ClassifierMixin]:
+    params = dict(classifier or {})
+    return lambda: RandomForestClassifier(random_state=random_state, **params)
+
+
+def _xgboost(random_state: int, classifier: Mapping | None) -> Callable[[], ClassifierMixin]:
+    params = dict(classifier or {})
+    return lambda: XGBClassifier(random_state=random_state, **params)
+
+
 @register_pipeline("cr_rf")
-def cr_rf(**kwargs) -> CNNRadiomicsPipeline:
-    """CR alone (see :class:`CNNRadiomicsPipeline`)."""
-    return CNNRadiomicsPipeline("cr_rf", with_tr=False, **kwargs)
+def cr_rf(classifier: Mapping | None = None, random_state: int = 0, **kwargs) -> CNNRadiomicsPipeline:
+    """CR alone, random forest; ``classifier``: ``RandomForestClassifier`` arguments."""
+    return CNNRadiomicsPipeline("cr_rf", False, _forest(random_state, classifier), random_state=random_state, **kwargs)
 
 
 @register_pipeline("cr_tr_rf")
-def cr_tr_rf(**kwargs) -> CNNRadiomicsPipeline:
-    """CR and TR (the RGCNN's scalar radiomics settings) side by side."""
-    return CNNRadiomicsPipeline("cr_tr_rf", with_tr=True, **kwargs)
+def cr_tr_rf(classifier: Mapping | None = None, random_state: int = 0, **kwargs) -> CNNRadiomicsPipeline:
+    """CR and TR (the RGCNN's scalar radiomics settings) side by side, random forest."""
+    return CNNRadiomicsPipeline("cr_tr_rf", True, _forest(random_state, classifier), random_state=random_state,
+                                **kwargs)
+
+
+@register_pipeline("cr_xgb")
+def cr_xgb(classifier: Mapping | None = None, random_state: int = 0, **kwargs) -> CNNRadiomicsPipeline:
+    """CR alone, XGBoost; ``classifier``: ``xgboost.XGBClassifier`` arguments."""
+    return CNNRadiomicsPipeline("cr_xgb", False, _xgboost(random_state, classifier), random_state=random_state,
+                                **kwargs)
+
+
+@register_pipeline("cr_tr_xgb")
+def cr_tr_xgb(classifier: Mapping | None = None, random_state: int = 0, **kwargs) -> CNNRadiomicsPipeline:
+    """CR and TR side by side, XGBoost; ``classifier``: ``xgboost.XGBClassifier`` arguments."""
+    return CNNRadiomicsPipeline("cr_tr_xgb", True, _xgboost(random_state, classifier), random_state=random_state,
+                                **kwargs)
