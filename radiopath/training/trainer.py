@@ -11,8 +11,8 @@ model selection look at it, the exported model is the last epoch's.
 from __future__ import annotations
 
 import math
-from time import perf_counter
 from dataclasses import dataclass
+from time import perf_counter
 
 import numpy as np
 import pandas as pd
