@@ -1,8 +1,8 @@
-"""Small helpers the deep pipelines share: seeding, class-balanced batches, flips."""
+"""Small helpers the deep pipelines share: seeding, batches, flips, the epoch loop."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from contextlib import contextmanager
 
 import numpy as np
@@ -58,3 +58,28 @@ def predict_in_batches(forward, inputs: list[torch.Tensor], batch_size: int) -> 
     """``forward(*batch)`` over aligned ``inputs`` in batches, concatenated."""
     n = len(inputs[0])
     return torch.cat([forward(*(t[start:start + batch_size] for t in inputs)) for start in range(0, n, batch_size)])
+
+
+def train_epochs(model: torch.nn.Module, optimiser: torch.optim.Optimizer, epochs: int,
+                 epoch_batches: Callable[[], Iterable[Sized]], batch_loss: Callable[[Sized], torch.Tensor]
+                 ) -> list[float]:
+    """Train for ``epochs`` epochs; returns the mean batch loss of each epoch (NaN if none ran).
+
+    ``epoch_batches()`` is called once per epoch and gives that epoch's batches;
+    ``batch_loss(batch)`` computes a batch's loss. Batches of one sample are skipped:
+    BatchNorm and the contrastive losses need at least two.
+    """
+    history = []
+    for _ in range(epochs):
+        model.train()
+        losses = []
+        for batch in epoch_batches():
+            if len(batch) < 2:
+                continue
+            loss = batch_loss(batch)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            losses.append(loss.item())
+        history.append(float(np.mean(losses)) if losses else float("nan"))
+    return history

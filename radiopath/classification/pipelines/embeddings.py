@@ -37,7 +37,7 @@ from radiopath.classification import ct_inputs
 from radiopath.classification.base import CasePipeline, register_pipeline
 from radiopath.classification.losses import NTXentLoss
 from radiopath.classification.nets import SimCLR
-from radiopath.classification.nets.training import predict_in_batches, seeded, shuffled_batches
+from radiopath.classification.nets.training import predict_in_batches, seeded, shuffled_batches, train_epochs
 
 TARGETS = ("malignant", "aggressive")
 CLASSIFIERS = ("rf", "mlp")
@@ -145,24 +145,18 @@ class SimCLREmbeddingPipeline(CasePipeline):
         model = SimCLR(in_channels=1, projection_dim=self.projection_dim).to(self.device)
         optimiser = torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         loss_fn = NTXentLoss(self.temperature)
-        self.history_ = []
-        for _ in range(self.epochs):
-            model.train()
+
+        def epoch_batches() -> list[torch.Tensor]:
             # A few random slices per case each epoch: big tumours must not dominate the epoch.
             pool = torch.cat([
                 s[torch.randperm(len(s), generator=generator)[: self.slices_per_case]] for s in slices
             ])
-            losses = []
-            for batch in shuffled_batches(len(pool), self.batch_size, generator):
-                if len(batch) < 2:  # NT-Xent needs a negative
-                    continue
-                images = pool[batch]
-                loss = loss_fn(model(self._views(images)), model(self._views(images)))
-                optimiser.zero_grad()
-                loss.backward()
-                optimiser.step()
-                losses.append(loss.item())
-            self.history_.append(float(np.mean(losses)) if losses else float("nan"))
+            return [pool[batch] for batch in shuffled_batches(len(pool), self.batch_size, generator)]
+
+        def batch_loss(images: torch.Tensor) -> torch.Tensor:
+            return loss_fn(model(self._views(images)), model(self._views(images)))
+
+        self.history_ = train_epochs(model, optimiser, self.epochs, epoch_batches, batch_loss)
         return model.eval()
 
     def embeddings(self, cases: pd.DataFrame) -> np.ndarray:

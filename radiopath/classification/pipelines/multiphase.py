@@ -27,7 +27,9 @@ from torch import nn
 from radiopath.classification import ct_inputs
 from radiopath.classification.base import CasePipeline, register_pipeline
 from radiopath.classification.nets import MultiPhaseResNet
-from radiopath.classification.nets.training import predict_in_batches, random_flips, seeded, shuffled_batches
+from radiopath.classification.nets.training import (
+    predict_in_batches, random_flips, seeded, shuffled_batches, train_epochs,
+)
 from radiopath.errors import CaseError
 
 
@@ -108,21 +110,16 @@ class MultiPhasePipeline(CasePipeline):
             model = MultiPhaseResNet(len(self.phases), self.hidden_dim, dropout=self.dropout).to(self.device)
             optimiser = torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
             loss_fn = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(self.device))
-            self.history_ = []
-            for _ in range(self.epochs):
-                model.train()
-                losses = []
-                for batch in shuffled_batches(len(labels), self.batch_size, generator):
-                    if len(batch) < 2:  # BatchNorm needs two samples
-                        continue
-                    x = self._augment(images[batch], generator) if self.augment else images[batch]
-                    loss = loss_fn(model(x.to(self.device), present[batch].to(self.device)),
-                                   labels[batch].to(self.device))
-                    optimiser.zero_grad()
-                    loss.backward()
-                    optimiser.step()
-                    losses.append(loss.item())
-                self.history_.append(float(np.mean(losses)) if losses else float("nan"))
+
+            def batch_loss(batch: np.ndarray) -> torch.Tensor:
+                x = self._augment(images[batch], generator) if self.augment else images[batch]
+                return loss_fn(model(x.to(self.device), present[batch].to(self.device)),
+                               labels[batch].to(self.device))
+
+            self.history_ = train_epochs(
+                model, optimiser, self.epochs,
+                lambda: shuffled_batches(len(labels), self.batch_size, generator), batch_loss,
+            )
         self.model_ = model.eval()
         return self
 

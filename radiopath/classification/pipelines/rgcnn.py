@@ -27,7 +27,9 @@ from radiopath.classification import ct_inputs
 from radiopath.classification.base import CasePipeline, register_pipeline
 from radiopath.classification.losses import FocalLoss, SupConLoss
 from radiopath.classification.nets import RGCNN
-from radiopath.classification.nets.training import balanced_batches, predict_in_batches, random_flips, seeded
+from radiopath.classification.nets.training import (
+    balanced_batches, predict_in_batches, random_flips, seeded, train_epochs,
+)
 
 # Standardised radiomics beyond this many standard deviations are clipped: one outlying
 # training case must not dominate the projector's input scale.
@@ -140,26 +142,20 @@ class RGCNNPipeline(CasePipeline):
             ).to(self.device)
             optimiser = torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
             focal, supcon = FocalLoss(self.focal_gamma), SupConLoss(self.temperature)
-            self.history_ = []
-            for _ in range(self.epochs):
-                model.train()
-                losses = []
-                for batch in balanced_batches(labels.numpy(), self.batch_size, generator):
-                    if len(batch) < 2:  # BatchNorm needs two samples
-                        continue
-                    volume = random_flips(x[batch], (2, 3, 4), generator) if self.augment else x[batch]
-                    target = labels[batch].to(self.device)
-                    logits, z_image, z_radiomics = model.training_outputs(
-                        volume.to(self.device), r[batch].to(self.device)
-                    )
-                    loss = focal(logits, target) + self.contrastive_weight * supcon(
-                        torch.cat([z_image, z_radiomics]), torch.cat([target, target])
-                    )
-                    optimiser.zero_grad()
-                    loss.backward()
-                    optimiser.step()
-                    losses.append(loss.item())
-                self.history_.append(float(np.mean(losses)) if losses else float("nan"))
+
+            def batch_loss(batch: np.ndarray) -> torch.Tensor:
+                volume = random_flips(x[batch], (2, 3, 4), generator) if self.augment else x[batch]
+                target = labels[batch].to(self.device)
+                logits, z_image, z_radiomics = model.training_outputs(volume.to(self.device),
+                                                                      r[batch].to(self.device))
+                return focal(logits, target) + self.contrastive_weight * supcon(
+                    torch.cat([z_image, z_radiomics]), torch.cat([target, target])
+                )
+
+            self.history_ = train_epochs(
+                model, optimiser, self.epochs,
+                lambda: balanced_batches(labels.numpy(), self.batch_size, generator), batch_loss,
+            )
         self.model_ = model.eval()
         return self
 
