@@ -8,16 +8,24 @@ the aggregator on the training patients and writes
 - ``RUN/fold{k}/history.csv``: epoch, loss and its parts, lr, train/test C-index;
 - ``RUN/fold{k}/vectors.csv``: ``case_id, split, risk, v0 … vD`` for every patient;
 - ``RUN/fold{k}/importance/{case_id}.pt``: node importance of each test patient,
-  one tensor per modality aligned with the graph's nodes (not for Mean).
+  one tensor per modality aligned with the graph's nodes (not for Mean);
+- ``RUN/fold{k}/tuning.csv`` with ``tune.enabled=true``: the grid's inner-CV scores on
+  the fold's training patients and the chosen point (:mod:`radiopath.training.tuning`).
 
 A fold whose ``vectors.csv`` exists is skipped on a rerun (``overwrite=true``
 retrains); ``vectors.csv`` is written last, so it marks a finished fold.
+``fold=k`` (or a list) trains only those folds, so a multirun trains one fold per
+job in the same run folder; each job then writes ``manifest_fold{k}.json`` and
+``failures_fold{k}.csv`` instead of ``manifest.json`` and ``failures.csv``.
 
 Examples::
 
     python -m radiopath.train experiment=radiopathomics_sparra
     python -m radiopath.train data.manifest=/cohort/manifest.csv data.graph_dir=graphs/cohort \\
         model=abmil modalities=[pathology] output_dir=runs/cohort/pathomics_abmil training.epochs=50
+    python -m radiopath.train -m hydra/launcher=slurm fold='range(5)'    # one SLURM job per fold
+    python -m radiopath.train tune.enabled=true \\
+        tune.grid='{training.lr:[3e-4,1e-3],model.kwargs.ratio:[0.2,0.5]}'
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import hydra
 import numpy as np
@@ -36,67 +45,161 @@ from omegaconf import DictConfig, OmegaConf
 from radiopath.config import resolve_device
 from radiopath.io import atomic_torch_save, atomic_write_csv, atomic_write_text
 from radiopath.models import AGGREGATORS, build_aggregator
-from radiopath.repro import active, run_record
+from radiopath.repro import RECORD_NAME, active, run_record
 from radiopath.runner import RunSummary
-from radiopath.training.cohort import GraphCohort, load_graph_cohort
+from radiopath.training.cohort import GraphCohort, Patient, load_graph_cohort
 from radiopath.training.folds import load_or_make_folds
 from radiopath.training.scaling import NodeScaler
 from radiopath.training.trainer import TrainSettings, fit, harrell_c, predict
+from radiopath.training.tuning import search, tuning_grid, with_values
 
 log = logging.getLogger(__name__)
 
 
-def train_fold(cfg: DictConfig, cohort: GraphCohort, folds: pd.DataFrame, k: int, device: torch.device) -> float:
-    """Train and export fold ``k``; returns its final test C-index."""
-    fold_dir = Path(cfg.output_dir) / f"fold{k}"
-    is_test = (folds["fold"] == k).to_numpy()
-    train = [p for p, t in zip(cohort.patients, is_test) if not t]
-    test = [p for p, t in zip(cohort.patients, is_test) if t]
+class Fitted(NamedTuple):
+    """A trained model with what it was trained with."""
 
-    seed = int(cfg.seed) + k  # each fold its own, recorded stream
+    model: torch.nn.Module
+    model_kwargs: dict
+    scaler: NodeScaler
+    settings: TrainSettings
+    history: pd.DataFrame
+    seconds: float
+
+
+def fit_model(cfg: DictConfig, in_dims: dict[str, int], train: list[Patient], watch: list[Patient], *,
+              seed: int, device: torch.device, desc: str) -> Fitted:
+    """Build ``cfg.model`` and fit it on ``train`` (scaler too); ``watch`` is only scored for the curve."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model_kwargs = OmegaConf.to_container(cfg.model.kwargs, resolve=True)
-    model = build_aggregator(cfg.model.name, cohort.in_dims, **model_kwargs).to(device)
-    active().parameters(f"fold{k}", model)
-    if model.trainable and not any(p.event for p in train):
-        log.warning("fold %d: no events among its %d training patients: the Cox loss has nothing to learn", k, len(train))
+    model = build_aggregator(cfg.model.name, in_dims, **model_kwargs).to(device)
     scaler = NodeScaler().fit(train)
     settings = TrainSettings(**OmegaConf.to_container(cfg.training, resolve=True))
+    start = time.perf_counter()
+    history = fit(model, train, watch, scaler, settings, generator, device, desc=desc)
+    return Fitted(model, model_kwargs, scaler, settings, history, time.perf_counter() - start)
+
+
+def c_index(patients: list[Patient], risk: np.ndarray) -> float:
+    """Harrell's C of ``risk`` against the patients' outcomes."""
+    return harrell_c(np.array([p.time for p in patients]), np.array([p.event for p in patients]), risk)
+
+
+def tune_fold(cfg: DictConfig, in_dims: dict[str, int], train: list[Patient], *, k: int, seed: int,
+              device: torch.device) -> dict:
+    """Choose fold ``k``'s grid point on its training patients only; writes ``fold{k}/tuning.csv``."""
+
+    def score(values: dict, inner_train: list[Patient], inner_validation: list[Patient]) -> float:
+        # Every point and inner fold starts from the fold's seed: points differ only by their values.
+        fitted = fit_model(with_values(cfg, values), in_dims, inner_train, inner_validation,
+                           seed=seed, device=device, desc=f"fold {k} tuning")
+        risk = predict(fitted.model, inner_validation, fitted.scaler, fitted.settings, device)[0]
+        return c_index(inner_validation, risk)
 
     start = time.perf_counter()
-    history = fit(model, train, test, scaler, settings, generator, device, desc=f"fold {k}")
-    seconds = time.perf_counter() - start
+    tuning = search(tuning_grid(cfg), train, score, inner_folds=int(cfg.tune.inner_folds),
+                    seed=int(cfg.tune.seed))
+    atomic_write_csv(tuning.table, Path(cfg.output_dir) / f"fold{k}" / "tuning.csv")
+    active().timing(f"fold{k}_tuning", time.perf_counter() - start)
+    active().note(f"fold{k}: tuned on its training patients by {cfg.tune.inner_folds}-fold inner CV, "
+                  f"chose {tuning.chosen}")
+    print(f"fold {k}: tuning chose {tuning.chosen}")
+    return tuning.chosen
 
+
+def train_fold(cfg: DictConfig, cohort: GraphCohort, folds: pd.DataFrame, k: int, device: torch.device) -> float:
+    """Tune (with ``tune.enabled``), train and export fold ``k``; returns its final test C-index."""
+    is_test = (folds["fold"] == k).to_numpy()
+    train = [p for p, t in zip(cohort.patients, is_test) if not t]
+    test = [p for p, t in zip(cohort.patients, is_test) if t]
+    seed = int(cfg.seed) + k  # each fold its own, recorded stream
+    if AGGREGATORS[cfg.model.name].trainable and not any(p.event for p in train):
+        log.warning("fold %d: no events among its %d training patients: the Cox loss has nothing to learn", k, len(train))
+    chosen = tune_fold(cfg, cohort.in_dims, train, k=k, seed=seed, device=device) if cfg.tune.enabled else None
+    fitted = fit_model(with_values(cfg, chosen or {}), cohort.in_dims, train, test,
+                       seed=seed, device=device, desc=f"fold {k}")
+    active().parameters(f"fold{k}", fitted.model)
+    risk = export_fold(cfg, cohort, fitted, train, test, k=k, seed=seed, chosen=chosen, device=device)
+    return c_index(test, risk[len(train):])
+
+
+def export_fold(cfg: DictConfig, cohort: GraphCohort, fitted: Fitted, train: list[Patient], test: list[Patient],
+                *, k: int, seed: int, chosen: dict | None, device: torch.device) -> np.ndarray:
+    """Write fold ``k``'s checkpoint, curve, importance and vectors; returns the risk of train + test."""
+    fold_dir = Path(cfg.output_dir) / f"fold{k}"
     everyone = train + test
-    risk, vectors, importance = predict(model, everyone, scaler, settings, device, with_importance=True)
+    risk, vectors, importance = predict(fitted.model, everyone, fitted.scaler, fitted.settings, device,
+                                        with_importance=True)
     table = pd.DataFrame(vectors, columns=[f"v{i}" for i in range(vectors.shape[1])])
     table.insert(0, "risk", risk)
     table.insert(0, "split", ["train"] * len(train) + ["test"] * len(test))
     table.insert(0, "case_id", [p.case_id for p in everyone])
 
     atomic_torch_save({
-        "state_dict": model.state_dict(),
+        "state_dict": fitted.model.state_dict(),
         "model": cfg.model.name,
-        "model_kwargs": model_kwargs,
+        "model_kwargs": fitted.model_kwargs,
         "in_dims": cohort.in_dims,
-        "scaler": scaler.state_dict(),
+        "scaler": fitted.scaler.state_dict(),
         "seed": seed,
-        "train_seconds": seconds,
+        "train_seconds": fitted.seconds,
+        "tuned": chosen,  # the grid point tuning chose (None without tuning)
     }, fold_dir / "model.pt")
-    atomic_write_csv(history, fold_dir / "history.csv")
+    atomic_write_csv(fitted.history, fold_dir / "history.csv")
     for patient, nodes in zip(everyone[len(train):], importance[len(train):]):
         if nodes:
             atomic_torch_save(nodes, fold_dir / "importance" / f"{patient.case_id}.pt")
     atomic_write_csv(table, fold_dir / "vectors.csv")  # last: marks the fold finished
-    active().timing(f"fold{k}", seconds)
+    active().timing(f"fold{k}", fitted.seconds)
     active().output(fold_dir / "model.pt", f"fold{k} checkpoint")
-    return harrell_c(np.array([p.time for p in test]), np.array([p.event for p in test]), risk[len(train):])
+    return risk
+
+
+def requested_folds(cfg: DictConfig) -> list[int] | None:
+    """The folds ``fold`` asks for (an int or a list), sorted; None for all of them."""
+    if cfg.fold is None:
+        return None
+    return [int(cfg.fold)] if isinstance(cfg.fold, int) else sorted({int(k) for k in cfg.fold})
+
+
+def part_filename(name: str, cfg: DictConfig) -> str:
+    """``name`` for a run of all folds; ``{stem}_fold{k}.{ext}`` (``_fold0+2`` for a list) when ``fold`` is set.
+
+    Fold jobs of one run share its folder: per-fold names keep them from
+    overwriting each other's record and failures.
+    """
+    folds = requested_folds(cfg)
+    if folds is None:
+        return name
+    stem, ext = name.split(".", 1)
+    return f"{stem}_fold{'+'.join(map(str, folds))}.{ext}"
+
+
+def folds_to_train(cfg: DictConfig, folds: pd.DataFrame) -> list[int]:
+    """Every fold of ``folds.csv``, or those of ``fold``; a fold not in the file is an error."""
+    available = sorted(int(k) for k in folds["fold"].unique())
+    requested = requested_folds(cfg)
+    if requested is None:
+        return available
+    unknown = sorted(set(requested) - set(available))
+    if unknown:
+        raise SystemExit(f"fold={unknown}: {Path(cfg.output_dir) / 'folds.csv'} has folds {available}")
+    return requested
+
+
+def write_run_config(cfg: DictConfig, path: Path) -> None:
+    """``config.yaml`` of the run, without ``fold``: every fold job of a run writes the same file."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    del config["fold"]
+    atomic_write_text(OmegaConf.to_yaml(config), path)
 
 
 def run_training(cfg: DictConfig) -> RunSummary:
-    """Folds, then every fold not yet finished; returns the per-fold summary."""
+    """Folds, then every fold (of ``fold``) not yet finished; returns the per-fold summary."""
     out = Path(cfg.output_dir)
+    if cfg.tune.enabled:
+        tuning_grid(cfg)  # a bad grid fails here, not after the first folds have trained
     torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
@@ -117,24 +220,25 @@ def run_training(cfg: DictConfig) -> RunSummary:
     print(f"{len(cohort.patients)} patients ({int(cohort.events.sum())} events); "
           f"with each modality: {cohort.modality_counts()}; node features: {cohort.in_dims}")
 
-    atomic_write_text(OmegaConf.to_yaml(cfg, resolve=True), out / "config.yaml")
+    write_run_config(cfg, out / "config.yaml")
     folds = load_or_make_folds(out / "folds.csv", cohort.case_ids, cohort.events,
                                cfg.folds.n_folds, cfg.folds.seed)
     record.input(out / "folds.csv", "folds")
+    selected = folds_to_train(cfg, folds)
     start = time.perf_counter()
     scores = []
-    for k in sorted(folds["fold"].unique()):
+    for k in selected:
         if not cfg.overwrite and (out / f"fold{k}" / "vectors.csv").is_file():
             summary.skipped.append(f"fold{k}")
             record.output(out / f"fold{k}" / "model.pt", f"fold{k} checkpoint")
             continue
-        scores.append(train_fold(cfg, cohort, folds, int(k), device))
+        scores.append(train_fold(cfg, cohort, folds, k, device))
         summary.done.append(f"fold{k}")
         score = "n/a (untrained: the survival stage scores its vectors)" if np.isnan(scores[-1]) else f"{scores[-1]:.3f}"
         print(f"fold {k}: test C-index {score}")
     summary.seconds = time.perf_counter() - start
-    summary.write_failures(out / "failures.csv")
-    for k in sorted(folds["fold"].unique()):  # skipped folds too: the record covers the whole run
+    summary.write_failures(out / part_filename("failures.csv", cfg))
+    for k in selected:  # skipped folds too: the record covers what this run was asked for
         history = out / f"fold{k}" / "history.csv"
         if history.is_file():
             record.epochs(f"fold{k}", pd.read_csv(history))
@@ -144,7 +248,7 @@ def run_training(cfg: DictConfig) -> RunSummary:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    with run_record("train", cfg, cfg.output_dir):
+    with run_record("train", cfg, cfg.output_dir, part_filename(RECORD_NAME, cfg)):
         summary = run_training(cfg)
     print(summary.report())
     print(f"run in {Path(cfg.output_dir).resolve()}")
