@@ -162,7 +162,7 @@ def test_sparra_importance_lands_on_the_nodes_topk_keeps():
             for conv, pool in zip(branch.convs, branch.pools):
                 conv.lin.weight.copy_(torch.eye(3))
                 conv.bias.zero_()
-                pool.select.weight.copy_(torch.tensor([[1.0, 0.0, 0.0]]))
+                pool.weight.copy_(torch.tensor([1.0, 0.0, 0.0]))
     gen = torch.Generator().manual_seed(5)
 
     def graph(n):  # feature 0 a shuffled ladder of distinct positive values

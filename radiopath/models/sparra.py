@@ -7,12 +7,18 @@ serves one modality or several: ``in_dims`` names them.
 
 .. math::
     H^{(0)} &= \mathrm{Dropout}(\mathrm{ReLU}(X_m W_m + c_m)) \\
-    H^{(k)}, \mathbf{i}^{(k)} &= \mathrm{TopK}_\rho\big(\mathrm{ReLU}(\mathrm{Conv}_k(H^{(k-1)}, A^{(k-1)}))\big),
-    \quad k = 1, 2
+    H^{(k)}, \mathbf{i}^{(k)} &= \mathrm{TopK}_{\rho, k_{min}}\big([H^{(k-1)} +]\,
+        \mathrm{ReLU}(\mathrm{Conv}_k(H^{(k-1)}, A^{(k-1)}))\big), \quad k = 1, 2
 
 with GCN convolutions (GIN or GAT selectable) and top-k pooling of ratio :math:`\rho`
-(0.2); :math:`f_{pool}(X_m) = H^{(2)}` holds the pooled nodes, which are original nodes
-:math:`\mathbf{i}^{(1)}[\mathbf{i}^{(2)}]`.
+(:mod:`radiopath.models.pooling`); :math:`f_{pool}(X_m) = H^{(2)}` holds the pooled nodes,
+which are original nodes :math:`\mathbf{i}^{(1)}[\mathbf{i}^{(2)}]`. The paper's settings
+(``conf/model/sparra_paper.yaml``) are ratio 0.2, PyG's linear score, no residual and
+:math:`k_{min} = 1`; the default recipe (``conf/model/sparra.yaml``) adds the residual
+:math:`H^{(k-1)} +` (``residual``: two GCN layers otherwise average a region of a few nodes
+into its neighbours), a score that keeps nodes of either sign (``score="gated"`` or
+``"abs"``) and a floor of kept nodes (``min_nodes``), chosen on the planted-signal
+benchmark (``python -m radiopath.validate``).
 
 **Importance and precision** (eqs. 3-4). A gated-attention network shared by all
 modalities maps every pooled node to :math:`(\mu_s, \ln\sigma_s^2)` of
@@ -38,8 +44,8 @@ second: weights sum to one per patient and modality. A patient without modality 
 zero block for m (node features are standardised on the training fold, so zero is the
 training mean of the input; here it is simply "no evidence").
 
-**Loss terms** (eqs. 6 and 8), summed over each patient's pooled nodes and averaged over
-the B patients of the batch:
+**Loss terms** (eqs. 6 and 8). With ``reduction="sum"`` (the paper) summed over each
+patient's pooled nodes and averaged over the B patients of the batch:
 
 .. math::
     \text{kl} &= \tau_{vi} \tfrac1B \textstyle\sum_i
@@ -48,12 +54,17 @@ the B patients of the batch:
         \| x_i - D_m(\tilde s, A^{(2)})_i \|^2, \qquad
         \tilde s = \mu_s + \sigma_s \epsilon,\ \epsilon \sim \mathcal{N}(0, 1)
 
+With ``reduction="mean"`` (the default recipe) :math:`\tfrac1B \sum_i` becomes the mean over
+the batch's pooled nodes and :math:`\|\cdot\|^2` the mean over features: the sums grow with
+the graphs (≈ 33 per patient against a Cox term of ≈ 3 on 300-node slides) and bury the
+survival signal, the means do not.
+
 ``recon`` is :math:`-\ln p(X \mid s)` of eq. (6) up to a constant: a Gaussian with
-precision :math:`\tau` (1e-3) on the pooled nodes' input features :math:`x_i`, decoded
-from the reparameterised sample by a per-modality graph decoder
-(Conv(1 → hidden) → ReLU → Linear(hidden → input width)). Eq. (8) weights the
-variational terms by one, so :math:`\tau_{vi} = 1` by default (section 3.1 gives no other
-value). Eq. (8) keeps only the first term of eq. (3); ``gamma_kl=True`` adds the second,
+precision :math:`\tau` (1e-3 in the paper, 1 in the recipe with per-feature means) on the
+pooled nodes' input features :math:`x_i`, decoded from the reparameterised sample by a
+per-modality graph decoder (Conv(1 → hidden) → ReLU → Linear(hidden → input width)).
+Eq. (8) weights the variational terms by one, :math:`\tau_{vi} = 1` (section 3.1 gives no
+other value); the recipe weights them by 0.1, which keeps the Cox term in charge. Eq. (8) keeps only the first term of eq. (3); ``gamma_kl=True`` adds the second,
 :math:`\mathrm{KL}(q(v \mid s) \,\|\, p(v))`, to ``kl``. :math:`\beta_v` stays a function of
 :math:`(\mu_s, \sigma_s^2)`, so gradients flow through eq. (4). In eval mode the decoder
 gets :math:`\mu_s` and nothing is random.
@@ -68,33 +79,38 @@ from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.nn import TopKPooling, global_add_pool
+from torch_geometric.nn import global_add_pool
 
 from radiopath.models.base import Aggregator, concat_blocks, patient_block
 from radiopath.models.batch import PatientBatch
 from radiopath.models.layers import GatedAttention, feature_encoder, graph_conv
 from radiopath.models.output import AggregatorOutput
+from radiopath.models.pooling import TopKNodePooling
 from radiopath.models.variational import expected_normal_kl, gamma_kl, gamma_posterior
 
 WEIGHT_NORMS = ("patient", "modality")
+REDUCTIONS = ("mean", "sum")
 
 
 class PoolingBranch(nn.Module):
     """One modality's encoder and two conv -> ReLU -> top-k pooling blocks."""
 
-    def __init__(self, in_dim: int, hidden: int, dropout: float, conv: str, ratio: float):
+    def __init__(self, in_dim: int, hidden: int, dropout: float, conv: str, ratio: float,
+                 min_nodes: int, score: str, residual: bool):
         super().__init__()
+        self.residual = residual
         self.encoder = feature_encoder(in_dim, hidden, dropout)
         self.convs = nn.ModuleList([graph_conv(conv, hidden, hidden) for _ in range(2)])
-        self.pools = nn.ModuleList([TopKPooling(hidden, ratio=ratio) for _ in range(2)])
+        self.pools = nn.ModuleList(
+            [TopKNodePooling(hidden, ratio=ratio, min_nodes=min_nodes, score=score) for _ in range(2)])
 
     def forward(self, x: Tensor, edge_index: Tensor, batch: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Pooled features, pooled edges, graph of each pooled node, its original node index."""
         h = self.encoder(x)
         nodes = torch.arange(x.size(0), device=x.device)
         for conv, pool in zip(self.convs, self.pools):
-            h = conv(h, edge_index).relu()
-            h, edge_index, _, batch, perm, _ = pool(h, edge_index, batch=batch)
+            h = h + conv(h, edge_index).relu() if self.residual else conv(h, edge_index).relu()
+            h, edge_index, batch, perm = pool(h, edge_index, batch)
             nodes = nodes[perm]
         return h, edge_index, batch, nodes
 
@@ -121,24 +137,34 @@ class SPARRAAggregator(Aggregator):
         dropout: dropout after each encoder (0.5, section 3.1).
         conv: ``"gcn"`` (paper), ``"gin"`` or ``"gat"``.
         ratio: top-k pooling ratio (0.2), or a dict modality -> ratio.
+        min_nodes: each pooling keeps at least this many nodes of a graph (all of a smaller one).
+        score: top-k score, ``"abs"`` (keeps nodes of either sign) or ``"linear"`` (PyG's TopKPooling).
         mu0, lambda0, alpha0, beta0: the Normal-Gamma prior (0, 1, 2, 1e-2 in the paper).
         tau_vi: weight of both variational terms (1: eq. 8 weights them by one).
         tau: precision of the Gaussian reconstruction likelihood (1e-3, eq. 6).
         weight_norm: ``"patient"`` or ``"modality"``: over which pooled nodes weights sum to one.
         gamma_kl: add the Gamma KL, the second term of eq. (3), to the ``kl`` term.
+        reduction: ``"sum"`` (the paper: KL and reconstruction summed over each patient's pooled
+            nodes, averaged over patients) or ``"mean"`` (averaged over pooled nodes, and the
+            reconstruction over features too), which keeps the terms on the Cox loss's scale
+            whatever the graph size.
     """
 
     def __init__(self, in_dims: dict[str, int], hidden: int = 128, attention_dim: int = 64,
                  dropout: float = 0.5, conv: str = "gcn", ratio: float | Mapping[str, float] = 0.2,
+                 min_nodes: int = 1, score: str = "linear",
                  mu0: float = 0.0, lambda0: float = 1.0, alpha0: float = 2.0, beta0: float = 1e-2,
                  tau_vi: float = 1.0, tau: float = 1e-3, weight_norm: str = "patient",
-                 gamma_kl: bool = False):
+                 gamma_kl: bool = False, reduction: str = "sum", residual: bool = False):
         super().__init__(in_dims)
         if weight_norm not in WEIGHT_NORMS:
             raise ValueError(f"weight_norm must be one of {WEIGHT_NORMS}, got {weight_norm!r}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         ratios = {m: ratio[m] if isinstance(ratio, Mapping) else ratio for m in self.modalities}
         self.branches = nn.ModuleDict(
-            {m: PoolingBranch(d, hidden, dropout, conv, ratios[m]) for m, d in self.in_dims.items()})
+            {m: PoolingBranch(d, hidden, dropout, conv, ratios[m], min_nodes, score, residual)
+             for m, d in self.in_dims.items()})
         self.importance_head = GatedAttention(hidden, attention_dim, out_dim=2)
         self.decoders = nn.ModuleDict({m: GraphDecoder(hidden, d, conv) for m, d in self.in_dims.items()})
         self.widths = {m: hidden for m in self.modalities}
@@ -147,7 +173,7 @@ class SPARRAAggregator(Aggregator):
         self.risk_head = nn.Linear(self.out_dim, 1, bias=False)
         self.prior = dict(mu0=mu0, lambda0=lambda0, alpha0=alpha0, beta0=beta0)
         self.tau_vi, self.tau = tau_vi, tau
-        self.weight_norm, self.gamma_kl = weight_norm, gamma_kl
+        self.weight_norm, self.gamma_kl, self.reduction = weight_norm, gamma_kl, reduction
 
     def forward(self, batch: PatientBatch) -> AggregatorOutput:
         present = self.present(batch)
@@ -177,13 +203,14 @@ class SPARRAAggregator(Aggregator):
             z = global_add_pool(w.unsqueeze(-1) * h_m, graph, size=g.num_graphs)
             blocks[m] = patient_block(z, g.patient, batch.num_patients)
             importance[m] = w.detach().new_zeros(g.num_nodes).index_copy(0, nodes, w.detach())
-            recon = recon + 0.5 * (g.x[nodes] - self.decoders[m](s_m, edge_index)).pow(2).sum()
+            error = 0.5 * (g.x[nodes] - self.decoders[m](s_m, edge_index)).pow(2)
+            recon = recon + (error.mean(1) if self.reduction == "mean" else error.sum(1)).sum()
 
         kl = expected_normal_kl(mu, var, alpha_v, beta_v, self.prior["mu0"], self.prior["lambda0"])
         if self.gamma_kl:
             kl = kl + gamma_kl(alpha_v, beta_v, self.prior["alpha0"], self.prior["beta0"])
         vector = concat_blocks(blocks, self.widths, batch.num_patients)
-        loss_terms = {"kl": self.tau_vi * kl.sum() / batch.num_patients,
-                      "recon": self.tau_vi * self.tau * recon / batch.num_patients}
+        per = h.size(0) if self.reduction == "mean" else batch.num_patients
+        loss_terms = {"kl": self.tau_vi * kl.sum() / per, "recon": self.tau_vi * self.tau * recon / per}
         return AggregatorOutput(risk=self.risk_head(vector).squeeze(-1), vector=vector,
                                 loss_terms=loss_terms, node_importance=importance)
