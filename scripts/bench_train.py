@@ -1,177 +1,291 @@
-r"""Time SPARRA training with the vectorised Cox loss against a Python-loop reference.
+r"""Time a SPARRA and an ABMIL training epoch, this tree against commit a9376af, side by side.
 
 Run with the project venv::
 
-    .venv/bin/python scripts/bench_train.py                     # 200 patients, 10k / 3k-node graphs
-    .venv/bin/python scripts/bench_train.py --patients 64 --path-nodes 4000 --rad-nodes 1200
+    .venv/bin/python scripts/bench_train.py --baseline-sparra             # 200 x (5,000 x 1024 + 1,000 x 768)
+    .venv/bin/python scripts/bench_train.py --patients 40 --threads 2 --compete    # a quick look
 
-Synthetic cohort: per patient a pathology graph (``--path-nodes`` ± 25 % nodes,
-``--path-dim`` features, 2-D Delaunay edges) and a radiology graph (``--rad-nodes``
-± 25 %, ``--rad-dim``, 3-D Delaunay), both built with ``radiopath.graphs.edges``;
-standard-normal features; exponential survival times, about 35 % events. The model is
-``SPARRAAggregator`` on both modalities with its defaults (GCN, ratio 0.2, hidden 128).
+At the defaults a worker peaks at ~12 GB RSS (a9376af; 4.8 GB of it the shared, memory-mapped
+cohort) and one run takes 10-20 minutes on 2 cores; ``--patients 40`` needs ~5 GB and 4 minutes.
 
-Measured (wall clock, median of ``--repeats``):
+Synthetic cohort, built once and saved (``--cohort-dir``): per patient a pathology graph
+(``--path-nodes`` ± 25 % nodes of ``--path-dim`` features, 2-D Delaunay edges) and a CT
+graph (``--rad-nodes`` ± 25 %, ``--rad-dim``, 3-D Delaunay), both with
+``radiopath.graphs.edges``; Gaussian features with a random mean and scale per feature;
+exponential survival times, about 35 % events. At the defaults the node features are
+~4.7 GB of float32; the workers memory-map the file, so the page cache holds them once.
 
-* the loss alone, forward + backward, on a batch of risks and on all patients' risks:
-  ``cox_partial_nll`` (Breslow) against ``cox_nll_loop`` below, the straightforward
-  implementation with a Python loop over events and over each risk set;
-* one training step on one batch (collate, forward, Cox + KL + reconstruction, backward,
-  Adam step), with each loss;
-* one epoch (every patient once, ``--batch-size`` per step, collation included), with
-  each loss.
+The baseline is a git worktree of ``--baseline`` (made with ``git worktree add`` if
+``--worktree`` is absent). Each (implementation, model) pair runs in its own worker process
+of this script, with ``PYTHONPATH`` at that implementation's tree and the same venv, seeds,
+threads and deterministic-algorithm setting as ``python -m radiopath.train``. A worker:
 
-Every timing follows one untimed warm-up call (the epoch follows the step timing); the loss-only timings take the median of
-``20 * --repeats`` calls. The machine's load average is printed beside the table: on
-shared cores the step and epoch times carry the other processes' noise.
+1. takes fold 0 of 5 (every fifth patient is a test patient) and the node scaler computed
+   once from the training patients by this tree's ``NodeScaler`` (the same for both, so the
+   epochs see the same inputs);
+2. *check and warm-up*: from the seeded initial weights, ``fit`` for one epoch on the
+   first ``--batch-size`` training patients (a single step) and records that step's loss
+   (``history.loss``) and its parts;
+3. *timing*: from the same initial weights, ``fit`` for one epoch on all training patients;
+   reports the optimisation pass (``epoch_seconds``) and the whole epoch (with the per-epoch
+   train and test C-index passes), the peak RSS of the epoch (``VmHWM`` reset before it)
+   and the test risks afterwards.
 
-Results are in ``scripts/bench_train_results.md``.
+Agreement: the first-step losses (and each part) must match to ``--rtol`` (same weights,
+same batch, same dropout masks: only float rounding differs; 1e-3 because SPARRA's
+reconstruction term moves by a node's share when rounding reorders near-tied top-k scores);
+the test risks after the epoch are compared as a maximum absolute difference.
+``--baseline-sparra`` builds SPARRA from the baseline's ``sparra.py`` in both workers, so a
+change of the model itself does not hide what the rest of the tree does.
+
+``--compete`` runs one CPU-bound process (a Python busy loop) during all workers, as a
+second user of the 2 cores would. The load average is printed beside the table.
+Results and commands are in ``scripts/bench_train_results.md``.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import importlib.util
+import json
 import os
 import platform
-import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
-from torch_geometric.data import Data
 
-from radiopath.graphs.edges import delaunay_edges
-from radiopath.models import build_aggregator, collate_patients, cox_partial_nll
-
-
-def cox_nll_loop(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> torch.Tensor:
-    """Breslow negative partial log-likelihood, averaged over events, by explicit loops."""
-    terms = []
-    for i in range(len(risk)):
-        if not event[i]:
-            continue
-        at_risk = [risk[j] for j in range(len(risk)) if time[j] >= time[i]]
-        terms.append(torch.logsumexp(torch.stack(at_risk), 0) - risk[i])
-    if not terms:
-        return risk.sum() * 0
-    return torch.stack(terms).mean()
+REPO = Path(__file__).resolve().parents[1]
+MODELS = ("sparra", "abmil")
 
 
-LOSSES = {"vectorised": cox_partial_nll, "loop": cox_nll_loop}
+def cohort_path(args) -> Path:
+    name = (f"cohort-{args.patients}p-{args.path_nodes}x{args.path_dim}-{args.rad_nodes}x{args.rad_dim}"
+            f"-seed{args.seed}.pt")
+    return Path(args.cohort_dir) / name
 
 
-def synthetic_graph(rng: np.random.Generator, nodes: int, dim: int, space_dim: int) -> Data:
-    n = int(rng.integers(int(0.75 * nodes), int(1.25 * nodes) + 1))
-    pos = rng.uniform(0, 1, size=(n, space_dim))
-    # Mean spacing between nodes, times 3: keeps nearly all Delaunay edges.
-    edges = delaunay_edges(pos, max_length=3 * n ** (-1 / space_dim))
-    return Data(x=torch.from_numpy(rng.standard_normal((n, dim), dtype=np.float32)),
-                edge_index=torch.from_numpy(edges), pos=torch.from_numpy(pos.astype(np.float32)))
+def build_cohort(args, path: Path) -> None:
+    """Synthetic graphs and survival, plus this tree's scaler of the training patients, saved to ``path``."""
+    from torch_geometric.data import Data
 
+    from radiopath.graphs.edges import delaunay_edges
+    from radiopath.training.cohort import Patient
+    from radiopath.training.scaling import NodeScaler
 
-def synthetic_cohort(args):
     rng = np.random.default_rng(args.seed)
-    patients = [{"pathology": synthetic_graph(rng, args.path_nodes, args.path_dim, 2),
-                 "radiology": synthetic_graph(rng, args.rad_nodes, args.rad_dim, 3)}
-                for _ in range(args.patients)]
-    time_ = torch.from_numpy(rng.exponential(1.0, args.patients))
-    event = torch.from_numpy(rng.random(args.patients) < 0.35)
-    return patients, time_, event
+    widths = {"pathology": (args.path_nodes, args.path_dim, 2), "radiology": (args.rad_nodes, args.rad_dim, 3)}
+    offset = {m: rng.normal(0, 1, d).astype(np.float32) for m, (_, d, _) in widths.items()}
+    scale = {m: rng.uniform(0.5, 2, d).astype(np.float32) for m, (_, d, _) in widths.items()}
+    patients = []
+    for i in range(args.patients):
+        graphs = {}
+        for modality, (nodes, dim, space) in widths.items():
+            n = int(rng.integers(int(0.75 * nodes), int(1.25 * nodes) + 1))
+            pos = rng.uniform(0, 1, size=(n, space))
+            # 3x the mean node spacing: keeps nearly all Delaunay edges.
+            edges = delaunay_edges(pos, max_length=3 * n ** (-1 / space))
+            x = rng.standard_normal((n, dim), dtype=np.float32) * scale[modality] + offset[modality]
+            graphs[modality] = {"x": torch.from_numpy(x), "edge_index": torch.from_numpy(edges)}
+        patients.append({"case_id": f"p{i:04d}", "time": float(rng.exponential(1.0)) + 0.01,
+                         "event": int(rng.random() < 0.35), "graphs": graphs})
+    train, _ = split([to_patient(p, Patient, Data) for p in patients])
+    scaler = NodeScaler().fit(train)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"patients": patients, "mean": scaler.mean_, "scale": scaler.scale_}, tmp)
+    tmp.rename(path)
 
 
-def timed(fn, repeats: int, sync, warm_up: bool = True) -> float:
-    """Median wall-clock seconds of ``repeats`` calls, after one untimed warm-up call."""
-    if warm_up:
-        fn()
-    samples = []
-    for _ in range(repeats):
-        sync()
+def to_patient(record: dict, patient_cls, data_cls):
+    graphs = {m: data_cls(x=g["x"], edge_index=g["edge_index"], num_nodes=g["x"].size(0))
+              for m, g in record["graphs"].items()}
+    return patient_cls(record["case_id"], record["time"], record["event"], graphs)
+
+
+def split(patients: list) -> tuple[list, list]:
+    """Fold 0 of 5: every fifth patient is a test patient."""
+    return [p for i, p in enumerate(patients) if i % 5], [p for i, p in enumerate(patients) if not i % 5]
+
+
+def reset_peak_rss() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM := current RSS
+
+
+def rss_gb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 2 ** 20
+    return float("nan")
+
+
+def worker(args) -> None:
+    """One implementation (the ``radiopath`` on PYTHONPATH), one model: check, warm up, time; JSON on stdout."""
+    import copy
+
+    from torch_geometric.data import Data
+
+    import radiopath
+    from radiopath.models import build_aggregator
+    from radiopath.training.cohort import Patient
+    from radiopath.training.scaling import NodeScaler
+    from radiopath.training.trainer import TrainSettings, fit, predict
+
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)  # as python -m radiopath.train (deterministic: true)
+    device = torch.device(args.device)
+    saved = torch.load(cohort_path(args), mmap=True, weights_only=True)
+    patients = [to_patient(p, Patient, Data) for p in saved["patients"]]
+    train, test = split(patients)
+    scaler = NodeScaler()
+    scaler.mean_, scaler.scale_ = saved["mean"], saved["scale"]
+    for p in patients:  # page the features in: the epoch then reads memory, not the disk
+        for g in p.graphs.values():
+            g.x.sum()
+    base_rss = rss_gb("VmRSS")
+    settings = TrainSettings(epochs=1, batch_size=args.batch_size)
+    in_dims = {m: g.x.size(1) for m, g in patients[0].graphs.items()}
+
+    torch.manual_seed(args.seed)
+    if args.model == "sparra" and args.sparra_from:
+        initial = baseline_sparra(Path(args.sparra_from))(in_dims).to(device)
+    else:
+        initial = build_aggregator(args.model, in_dims).to(device)
+
+    def run(subset_train, subset_test):
+        model = copy.deepcopy(initial)
+        torch.manual_seed(args.seed)
         start = time.perf_counter()
-        fn()
-        sync()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+        history = fit(model, subset_train, subset_test, scaler, settings,
+                      torch.Generator().manual_seed(args.seed), device)
+        return model, history.iloc[0].to_dict(), time.perf_counter() - start
+
+    _, first, _ = run(train[:args.batch_size], test[:args.batch_size])
+    reset_peak_rss()
+    load = os.getloadavg()
+    model, epoch, wall = run(train, test)
+    peak = rss_gb("VmHWM")
+    risk = predict(model, test, scaler, settings, device)[0]
+    print(json.dumps({
+        "module": radiopath.__file__, "first_step": {k: first[k] for k in first if k in ("loss", "cox", "kl", "recon")},
+        "train_pass_s": epoch["epoch_seconds"], "epoch_s": wall, "peak_rss_gb": peak, "cohort_rss_gb": base_rss,
+        "load_before": load, "load_after": os.getloadavg(), "test_risk": risk.tolist(),
+        "threads": torch.get_num_threads(),
+    }))
 
 
-def train_step(model, optimizer, patients, time_, event, rows, loss_fn, device):
-    batch = collate_patients([patients[r] for r in rows]).to(device)
-    out = model(batch)
-    loss = loss_fn(out.risk, time_[rows].to(device), event[rows].to(device)) + sum(out.loss_terms.values())
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
+def baseline_sparra(tree: Path) -> type:
+    """``SPARRAAggregator`` as defined in ``tree``'s sparra.py, on this process's radiopath (layers, batch, ...)."""
+    spec = importlib.util.spec_from_file_location("baseline_sparra", tree / "radiopath" / "models" / "sparra.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.SPARRAAggregator
 
 
-def loss_only(loss_fn, risk, time_, event):
-    risk = risk.detach().requires_grad_()
-    loss_fn(risk, time_, event).backward()
+def ensure_worktree(path: Path, commit: str) -> None:
+    if not (path / "radiopath").is_dir():
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(path), commit], check=True)
+
+
+def run_worker(args, root: Path, model: str) -> dict:
+    command = [sys.executable, __file__, "--worker", "--model", model, *forwarded(args)]
+    env = {**os.environ, "PYTHONPATH": str(root), "PYTHONUTF8": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"worker {root} {model} failed:\n{done.stderr[-4000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if not result["module"].startswith(str(root)):
+        raise SystemExit(f"worker for {root} imported {result['module']}")
+    return result
+
+
+def forwarded(args) -> list[str]:
+    keys = ("patients", "path_nodes", "rad_nodes", "path_dim", "rad_dim", "batch_size", "threads", "seed",
+            "device", "cohort_dir")
+    flags = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in keys]
+    return flags + [f"--sparra-from={args.worktree}"] * args.baseline_sparra
+
+
+def agree(a: dict, b: dict, rtol: float) -> bool:
+    return a.keys() == b.keys() and all(abs(a[k] - b[k]) <= rtol * max(1.0, abs(a[k])) for k in a)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--patients", type=int, default=200)
-    parser.add_argument("--path-nodes", type=int, default=10_000)
-    parser.add_argument("--rad-nodes", type=int, default=3_000)
-    parser.add_argument("--path-dim", type=int, default=384)
-    parser.add_argument("--rad-dim", type=int, default=100)
+    parser.add_argument("--path-nodes", type=int, default=5_000)
+    parser.add_argument("--rad-nodes", type=int, default=1_000)
+    parser.add_argument("--path-dim", type=int, default=1024)
+    parser.add_argument("--rad-dim", type=int, default=768)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads in every worker")
+    parser.add_argument("--compete", action="store_true", help="run a CPU-bound process during the timing")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--baseline", default="a9376af", help="commit to compare with")
+    parser.add_argument("--worktree", default="/tmp/radiopath-a9376af", help="git worktree of --baseline")
+    parser.add_argument("--cohort-dir", default="/tmp/radiopath-bench-train")
+    parser.add_argument("--baseline-sparra", action="store_true",
+                        help="both workers build SPARRA from the baseline's sparra.py (isolates everything else)")
+    parser.add_argument("--rtol", type=float, default=1e-3, help="tolerance of the first-step loss check")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
-                        help="torch CPU threads (1 avoids waiting on descheduled threads on busy cores)")
+    parser.add_argument("--build", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--model", choices=MODELS, help=argparse.SUPPRESS)
+    parser.add_argument("--sparra-from", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.build:
+        return build_cohort(args, cohort_path(args))
+    if args.worker:
+        return worker(args)
 
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    device = torch.device(args.device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    start = time.perf_counter()
-    patients, time_, event = synthetic_cohort(args)
-    build_s = time.perf_counter() - start
-    path_nodes = sum(p["pathology"].num_nodes for p in patients)
-    rad_nodes = sum(p["radiology"].num_nodes for p in patients)
-
-    model = build_aggregator("sparra", {"pathology": args.path_dim, "radiology": args.rad_dim}).to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-4, weight_decay=1e-5)
-    rows = list(range(min(args.batch_size, args.patients)))
-    batches = [list(range(i, min(i + args.batch_size, args.patients)))
-               for i in range(0, args.patients, args.batch_size)]
-
+    worktree = Path(args.worktree)
+    ensure_worktree(worktree, args.baseline)
+    path = cohort_path(args)
+    start, built = time.perf_counter(), not path.is_file()
+    if built:  # in a child process: the GBs it allocates stay behind in a long-lived allocator heap
+        subprocess.run([sys.executable, __file__, "--build", *forwarded(args)], check=True)
+    build = f"built in {time.perf_counter() - start:.0f} s" if built else "reused"
+    competitor = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.compete else None
     results = {}
-    all_risk = torch.randn(args.patients, dtype=torch.float32, device=device)
-    for name, loss_fn in LOSSES.items():
-        results[name] = {
-            f"loss fwd+bwd, {len(rows)} risks": timed(
-                lambda: loss_only(loss_fn, all_risk[rows], time_[rows].to(device), event[rows].to(device)),
-                20 * args.repeats, sync),
-            f"loss fwd+bwd, {args.patients} risks": timed(
-                lambda: loss_only(loss_fn, all_risk, time_.to(device), event.to(device)), 20 * args.repeats, sync),
-            f"training step, {len(rows)} patients": timed(
-                lambda: train_step(model, optimizer, patients, time_, event, rows, loss_fn, device),
-                args.repeats, sync),
-            f"epoch, {len(batches)} steps": timed(
-                lambda: [train_step(model, optimizer, patients, time_, event, b, loss_fn, device) for b in batches],
-                1, sync, warm_up=False),  # the step timing just warmed up the same code
-        }
+    try:
+        for model in args.models:
+            for name, root in ((args.baseline, worktree), ("this tree", REPO)):
+                results[name, model] = run_worker(args, root, model)
+    finally:
+        if competitor is not None:
+            competitor.kill()
+            competitor.wait()
 
-    print("Command: python scripts/bench_train.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()))
-    print(f"Machine: {platform.node()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, device {device}"
-          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
-    print(f"Cohort: {args.patients} patients, {path_nodes / args.patients:,.0f} pathology nodes x {args.path_dim} "
-          f"and {rad_nodes / args.patients:,.0f} radiology nodes x {args.rad_dim} per patient on average, "
-          f"{int(event.sum())} events; built in {build_s:.1f} s")
-    print(f"Load average (1, 5, 15 min) after the run: {os.getloadavg()}")
-    print(f"Timings: seconds, median of {args.repeats} (loss only: of {20 * args.repeats}; epoch: one run), "
-          "each after a warm-up call\n")
-    print("| what | vectorised cox_partial_nll (s) | Python-loop reference (s) | loop / vectorised |")
-    print("|---|---:|---:|---:|")
-    for what in results["vectorised"]:
-        fast, slow = results["vectorised"][what], results["loop"][what]
-        print(f"| {what} | {fast:.4f} | {slow:.4f} | {slow / fast:.1f}x |")
+    flags = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in (
+        "patients", "path_nodes", "rad_nodes", "path_dim", "rad_dim", "batch_size", "threads", "baseline", "seed")]
+    flags += ["--compete"] * args.compete + ["--baseline-sparra"] * args.baseline_sparra
+    print(f"Command: python scripts/bench_train.py {' '.join(flags)} --models {' '.join(args.models)}")
+    print(f"Machine: {platform.node()}, {os.cpu_count()} CPUs, torch {torch.__version__}, device {args.device}; "
+          f"competing busy loop: {'yes' if args.compete else 'no'}")
+    print(f"Cohort: {args.patients} patients ({len(split(range(args.patients))[0])} train / "
+          f"{len(split(range(args.patients))[1])} test), {args.path_nodes:,} ± 25 % pathology nodes x {args.path_dim} "
+          f"+ {args.rad_nodes:,} ± 25 % CT nodes x {args.rad_dim}; {path} ({build})\n")
+    print("| implementation | model | threads | optimisation pass (s) | epoch with C-index passes (s) "
+          "| peak RSS (GB) | RSS before (GB) | speed-up: pass / epoch | first-step loss | agrees "
+          "| max abs Δ test risk | load avg before / after |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|")
+    for model in args.models:
+        base, new = results[args.baseline, model], results["this tree", model]
+        speed_up = f"{base['train_pass_s'] / new['train_pass_s']:.2f}x / {base['epoch_s'] / new['epoch_s']:.2f}x"
+        same = "yes" if agree(base["first_step"], new["first_step"], args.rtol) else "NO"
+        delta = f"{np.abs(np.subtract(base['test_risk'], new['test_risk'])).max():.2e}"
+        for name, r, extra in ((args.baseline, base, ("", "", "")), ("this tree", new, (speed_up, same, delta))):
+            print(f"| {name} | {model} | {r['threads']} | {r['train_pass_s']:.1f} | {r['epoch_s']:.1f} "
+                  f"| {r['peak_rss_gb']:.2f} | {r['cohort_rss_gb']:.2f} | {extra[0]} | {r['first_step']['loss']:.6f} "
+                  f"| {extra[1]} | {extra[2]} | {r['load_before'][0]:.1f} / {r['load_after'][0]:.1f} |")
+    for model in args.models:
+        base, new = results[args.baseline, model], results["this tree", model]
+        print(f"\n{model} first step, {args.baseline}: {base['first_step']}\n{model} first step, this tree: "
+              f"{new['first_step']}")
 
 
 if __name__ == "__main__":

@@ -2,14 +2,15 @@ r"""Node-feature standardisation fitted on the training patients of one fold.
 
 Per modality, :math:`x' = (x - \mu) / \sigma` with :math:`\mu, \sigma` over all
 nodes of the training patients; features with :math:`\sigma \approx 0` are only
-centred. Applied batch by batch, so the cohort's graphs are never copied.
+centred. Applied graph by graph while a batch is collated, writing into the batch's
+own node-feature storage, so the cohort's graphs are never copied or modified.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
-from radiopath.models import PatientBatch
 from radiopath.training.cohort import Patient
 
 
@@ -22,22 +23,28 @@ class NodeScaler:
         self.scale_: dict[str, torch.Tensor] = {}
 
     def fit(self, patients: list[Patient]) -> "NodeScaler":
-        """Node mean and standard deviation per modality over ``patients`` (the training part)."""
+        """Node mean and standard deviation per modality over ``patients`` (the training part).
+
+        Two passes in float64, one graph at a time: the training nodes of a large cohort are
+        never concatenated (GBs in float32, twice that in float64).
+        """
         modalities = sorted({m for p in patients for m in p.graphs})
         for modality in modalities:
-            x = torch.cat([p.graphs[modality].x for p in patients if modality in p.graphs]).double()
-            std = x.std(0, unbiased=False)
-            self.mean_[modality] = x.mean(0).float()
+            xs = [p.graphs[modality].x for p in patients if modality in p.graphs]
+            count = sum(x.size(0) for x in xs)
+            mean = sum(x.sum(0, dtype=torch.float64) for x in xs) / count
+            var = sum((x.double() - mean).pow_(2).sum(0) for x in xs) / count
+            std = var.sqrt()
+            self.mean_[modality] = mean.float()
             self.scale_[modality] = torch.where(std > self.eps, std, torch.ones_like(std)).float()
         return self
 
-    def transform(self, batch: PatientBatch) -> PatientBatch:
-        """Standardise the node features of a batch in place and return it."""
-        for modality, graphs in batch.graphs.items():
-            if modality not in self.mean_:
-                raise ValueError(f"scaler was not fitted on any {modality} graph")
-            graphs.x = (graphs.x - self.mean_[modality]) / self.scale_[modality]
-        return batch
+    def transform(self, modality: str, x: Tensor, out: Tensor | None = None) -> Tensor:
+        """Standardised node features of one ``modality`` graph, written into ``out`` if given."""
+        if modality not in self.mean_:
+            raise ValueError(f"scaler was not fitted on any {modality} graph")
+        out = torch.sub(x, self.mean_[modality], out=out)
+        return out.div_(self.scale_[modality])
 
     def state_dict(self) -> dict:
         return {"mean": self.mean_, "scale": self.scale_}
