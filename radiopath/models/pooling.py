@@ -13,7 +13,10 @@ Gao & Ji (2019) score each node by a learned projection and keep the top
 
 A prognostic region can stand out in either direction along :math:`\mathbf w` (a shift
 that raises risk in one patient and lowers it in another); ``"abs"`` keeps both ends,
-``"linear"`` only the positive one. :math:`k_{min}` keeps small graphs from being reduced
+``"linear"`` only the positive one. ``"gated"`` replaces the projection by the magnitude of a
+gated-attention score, :math:`|\mathbf u^\top(\tanh(V h_i) \odot \sigma(U h_i))|` (Ilse et
+al., 2018; attention width half the feature width, at least 4), which can also keep both
+ends and learns faster through its gate (the method-validation benchmark's choice). :math:`k_{min}` keeps small graphs from being reduced
 to one node by two poolings. Edges between kept nodes are kept (PyG's ``filter_adj``).
 """
 
@@ -35,7 +38,9 @@ class TopKNodePooling(nn.Module):
         in_dim: node feature width.
         ratio: fraction of each graph's nodes to keep, in (0, 1].
         min_nodes: keep at least this many nodes of a graph (all of a smaller one).
-        score: ``"abs"`` (either sign) or ``"linear"``.
+        score: ``"abs"`` or ``"gated"`` (either sign) or ``"linear"``; with ``"gated"`` the
+            projection ``weight`` is created but unused (the published benchmark's models were
+            initialised with it, so the random streams stay as they were).
     """
 
     def __init__(self, in_dim: int, *, ratio: float, min_nodes: int, score: str):
