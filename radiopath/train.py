@@ -50,7 +50,7 @@ from radiopath.runner import RunSummary
 from radiopath.training.cohort import GraphCohort, Patient, load_graph_cohort
 from radiopath.training.folds import load_or_make_folds
 from radiopath.training.scaling import NodeScaler
-from radiopath.training.trainer import TrainSettings, fit, harrell_c, predict
+from radiopath.training.trainer import TrainSettings, c_index, fit, predict
 from radiopath.training.tuning import search, tuning_grid, with_values
 
 log = logging.getLogger(__name__)
@@ -79,11 +79,6 @@ def fit_model(cfg: DictConfig, in_dims: dict[str, int], train: list[Patient], wa
     start = time.perf_counter()
     history = fit(model, train, watch, scaler, settings, generator, device, desc=desc)
     return Fitted(model, model_kwargs, scaler, settings, history, time.perf_counter() - start)
-
-
-def c_index(patients: list[Patient], risk: np.ndarray) -> float:
-    """Harrell's C of ``risk`` against the patients' outcomes."""
-    return harrell_c(np.array([p.time for p in patients]), np.array([p.event for p in patients]), risk)
 
 
 def tune_fold(cfg: DictConfig, in_dims: dict[str, int], train: list[Patient], *, k: int, seed: int,

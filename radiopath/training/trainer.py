@@ -131,9 +131,13 @@ def _curve_point(model, train, test, scaler, settings, device, cache, epoch: int
             "test_c_index": _c_index(model, test, scaler, settings, device, cache)}
 
 
-def _c_index(model, patients, scaler, settings, device, cache) -> float:
-    risk = predict(model, patients, scaler, settings, device, cache=cache)[0]
+def c_index(patients: list[Patient], risk: np.ndarray) -> float:
+    """Harrell's C of ``risk`` against the patients' outcomes (NaN where undefined)."""
     return harrell_c(np.array([p.time for p in patients]), np.array([p.event for p in patients]), risk)
+
+
+def _c_index(model, patients, scaler, settings, device, cache) -> float:
+    return c_index(patients, predict(model, patients, scaler, settings, device, cache=cache)[0])
 
 
 @torch.no_grad()

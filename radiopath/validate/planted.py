@@ -59,12 +59,12 @@ import pandas as pd
 import torch
 from torch_geometric.data import Data
 
+from radiopath.encoders.features import MODALITIES
 from radiopath.graphs.edges import delaunay_edges
 from radiopath.graphs.io import graph_path, save_graph
 from radiopath.io import atomic_torch_save, atomic_write_csv, atomic_write_text
 
 FAMILIES = ("shift", "count", "extent", "one_modality", "two_directions", "null")
-MODALITIES = ("radiology", "pathology")
 # Node spacing: 256 µm tiles on a slide, ~4 mm patches in a CT volume.
 _SPACING = {"pathology": 256.0, "radiology": 4.0}
 _DIMS = {"pathology": 2, "radiology": 3}
