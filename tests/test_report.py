@@ -316,6 +316,21 @@ def test_missing_pieces_and_settings_are_stated(report):
     assert "Harrell" in text and "inverse probability of censoring" in text
 
 
+def test_planted_truth_beside_the_manifest_is_scored(report):
+    out, _, imaged = report
+    summary = pd.read_csv(out / "importance_auroc.csv")
+    assert sorted(summary["modality"]) == ["pathology", "radiology"]
+    assert (summary["aggregator"] == "SPARRA (radiology+pathology)").all()
+    patients = pd.read_csv(out / "importance_auroc_patients.csv", dtype={"case_id": str}).set_index("case_id")
+    # the demo's truth.csv lists the imaged cases; case000 has importance but no truth: counted, not scored
+    defined = {"scored", "no planted node", "all nodes planted"}
+    assert set(patients.loc[list(imaged["case_id"]), "status"]) <= defined
+    assert patients.loc["case000", "status"] == "no truth"
+    assert summary["n_scored"].sum() == (patients["status"] == "scored").sum()
+    text = (out / "report.html").read_text()
+    assert "Planted regions" in text and "Mean (radiology+pathology): no node importance, no AUROC" in text
+
+
 def test_patch_importance_follows_the_assignment(report, tmp_path):
     out, runs, imaged = report
     config = OmegaConf.load(runs[2] / "config.yaml")

@@ -1,9 +1,11 @@
 """Assemble the report: tables, figures and settings of several runs into ``output/report.html``.
 
-Outputs (all written atomically): ``report.html``, ``table.md``, ``table.csv``
-and, unless ``embed_images=true``, the PNGs under ``figures/``. A missing piece
-of a run (no survival stage, no importance files, an image that cannot be read)
-becomes a note in the report, never an exception.
+Outputs (all written atomically): ``report.html``, ``table.md``, ``table.csv``,
+with planted ground truth ``importance_auroc.csv`` (per run and modality) and
+``importance_auroc_patients.csv`` (per patient), and, unless ``embed_images=true``,
+the PNGs under ``figures/``. A missing piece of a run (no survival stage, no
+importance files, no truth, an image that cannot be read) becomes a note in the
+report, never an exception.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from omegaconf import OmegaConf
 from radiopath import checklist
 from radiopath.data.manifest import Manifest, load_manifest
 from radiopath.io import atomic_write_csv, atomic_write_text
-from radiopath.report import html, overlays, plots
+from radiopath.report import html, overlays, plots, recovery
 from radiopath.report.runs import Run, distinct_labels, load_run
 from radiopath.report.table import comparison_table, to_csv_frame, to_markdown
+from radiopath.report.truth import TRUTH_FILE, CohortTruth, find_truth
 
 log = logging.getLogger(__name__)
 
@@ -113,17 +116,84 @@ def training_section(runs: list[Run], slugs: list[str], figures: Path, cfg) -> s
     return ("".join(parts) or "<p>No trained run.</p>") + html.notes(untrained)
 
 
-def overlay_section(runs: list[Run], slugs: list[str], figures: Path, cfg) -> str:
-    """Importance overlays of the selected cases, per run and modality; failures as notes."""
+def _manifest(run: Run, manifests: dict[str, Manifest]) -> Manifest:
+    """The run's cohort manifest, read once per report."""
+    data = run.config.data
+    if data.manifest not in manifests:
+        manifests[data.manifest] = load_manifest(data.manifest, allow_outside=data.get("allow_outside_paths", False))
+    return manifests[data.manifest]
+
+
+def truth_sources(runs: list[Run], cfg, manifests: dict[str, Manifest]) -> tuple[list, list[str]]:
+    """Per run the node truth of its cohort (None without importance or truth), and why a run has none."""
+    sources, problems, shared = [], [], {}
+    for run in runs:
+        source, problem = _truth_source(run, cfg, manifests, shared) if run.importance else (None, None)
+        sources.append(source)
+        problems += [problem] if problem else []
+    return sources, problems
+
+
+def _truth_source(run: Run, cfg, manifests: dict[str, Manifest], shared: dict):
+    """``(NodeTruthSource, None)``, or ``(None, why not)``; runs of one cohort share one source."""
+    if run.config is None:
+        return None, f"{run.label}: no config.yaml, so no cohort and no planted truth"
+    manifest = run.config.data.manifest
+    path = find_truth(manifest, cfg.truth)
+    if path is None:
+        return None, (f"{run.label}: no planted ground truth ({Path(manifest).parent / TRUTH_FILE} not found; "
+                      "truth=PATH names one)")
+    key = (str(path), manifest)
+    try:
+        if key not in shared:
+            shared[key] = recovery.NodeTruthSource(CohortTruth.load(path), _manifest(run, manifests),
+                                                   cfg.planted_fraction)
+    except Exception as error:  # noqa: BLE001 - an unreadable truth or manifest is a note
+        return None, f"{run.label}: cannot read the truth {path} ({type(error).__name__}: {error})"
+    return shared[key], None
+
+
+def recovery_section(runs: list[Run], sources: list, problems: list[str], cfg) -> tuple[str, set[str]]:
+    """Node-importance AUROC against the planted nodes per run and modality; the scored case ids."""
+    output = Path(cfg.output)
+    parts, notes = [], list(problems)
+    for run, source in zip(runs, sources):
+        if not run.importance:
+            notes.append(f"{run.label}: no node importance, no AUROC")
+        elif source is not None:
+            parts.append(recovery.score_run(run, source))
+    intro = (f"<p>Per test patient of every fold, the AUROC of the node importance against the planted nodes "
+             f"(a node is planted when at least {cfg.planted_fraction:g} of its patches' area is planted pattern); "
+             "mean ± sample sd over the patients scored, 0.5 = chance. A patient without planted nodes, with only "
+             "planted nodes or without truth has no AUROC: counted, not scored.</p>")
+    if not parts:
+        return intro + "<p>No run has both node importance and planted ground truth.</p>" + html.notes(notes), set()
+    patients = pd.concat(parts, ignore_index=True)
+    summary = recovery.summarise(patients, cfg.decimals)
+    atomic_write_csv(summary, output / "importance_auroc.csv", na_rep="N/A")
+    atomic_write_csv(patients, output / "importance_auroc_patients.csv", na_rep="N/A")
+    notes += [row.reason for row in patients.itertuples() if row.status == recovery.FAILED]
+    shown = summary.rename(columns={
+        "aggregator": "Aggregator", "modality": "Modality", "auroc_cell": "AUROC (mean ± sd)",
+        "n_scored": "patients scored", "n_no_planted_node": "no planted node",
+        "n_all_nodes_planted": "all nodes planted", "n_no_truth": "no truth", "n_failed": "failed"})
+    table = html.simple_table(shown[["Aggregator", "Modality", "AUROC (mean ± sd)", "patients scored",
+                                     "no planted node", "all nodes planted", "no truth", "failed"]])
+    scored = set(patients.loc[patients["status"] == recovery.SCORED, "case_id"])
+    return intro + table + html.notes(notes), scored
+
+
+def overlay_section(runs: list[Run], slugs: list[str], figures: Path, cfg, manifests: dict[str, Manifest],
+                    sources: list, scored: set[str]) -> str:
+    """Importance overlays of the selected cases, per run and modality, beside the planted truth; failures as notes."""
     o = cfg.overlays
-    cases = overlays.select_cases([run.importance for run in runs], o.n_cases, o.cases)
+    cases = overlays.select_cases([run.importance for run in runs], o.n_cases, o.cases, scored)
     if not cases:
         return "<p>No run has node-importance files (the Mean aggregator has none).</p>"
-    manifests: dict[str, Manifest] = {}
     body, problems = "", []
     for case_id in cases:
         images = []
-        for run, slug in zip(runs, slugs):
+        for run, slug, source in zip(runs, slugs, sources):
             if not run.importance:
                 continue
             if case_id not in run.importance:
@@ -140,14 +210,13 @@ def overlay_section(runs: list[Run], slugs: list[str], figures: Path, cfg) -> st
                 continue
             for modality, nodes in importance.items():
                 try:
-                    if data.manifest not in manifests:
-                        manifests[data.manifest] = load_manifest(data.manifest, allow_outside=data.get("allow_outside_paths", False))
                     patches, scores = overlays.patch_importance(data.graph_dir, data.features_dir, modality,
                                                                 case_id, nodes)
+                    truth = _patch_truth(source, case_id, modality, data, problems, run.label)
                     title = f"{case_id}: {run.label}, {modality}"
-                    path = overlays.DRAW[modality](manifests[data.manifest], case_id, patches, scores, o, title,
+                    path = overlays.DRAW[modality](_manifest(run, manifests), case_id, patches, scores, o, title,
                                                    figures / f"importance_{slug}_{case_id}_{modality}.png",
-                                                   cfg.figures.dpi)
+                                                   cfg.figures.dpi, truth=truth)
                     images.append(html.image(path, Path(cfg.output), cfg.embed_images, title))
                 except Exception as error:  # noqa: BLE001 - one unreadable image must not stop the report
                     log.warning("overlay %s %s %s: %s", run.label, case_id, modality, error)
@@ -155,8 +224,21 @@ def overlay_section(runs: list[Run], slugs: list[str], figures: Path, cfg) -> st
         if images:
             body += f"<h3>{html.escape(case_id)}</h3>" + "".join(images)
     intro = ("<p>Each patch is coloured by the importance of the graph node it belongs to "
-             "(colour scale per image: the case's own range).</p>")
+             "(colour scale per image: the case's own range). Where the cohort has planted ground truth, "
+             f"the pattern is outlined in {html.escape(o.truth_colour)} and the panel beside it colours each patch "
+             "by its node's planted fraction (0–1): what the AUROC above scores against.</p>")
     return intro + body + html.notes(problems)
+
+
+def _patch_truth(source, case_id: str, modality: str, data, problems: list[str], label: str):
+    """The truth to draw beside the importance, or None (without truth; a failure is noted)."""
+    if source is None:
+        return None
+    try:
+        return source.patch_truth(case_id, modality, data.graph_dir, data.features_dir)
+    except Exception as error:  # noqa: BLE001 - the importance is still drawn, the note says why not the truth
+        problems.append(f"{label}, {case_id}, {modality}: planted truth not shown ({type(error).__name__}: {error})")
+        return None
 
 
 def _format_value(value) -> str:
@@ -245,13 +327,20 @@ def build_report(cfg) -> Path:
         atomic_write_csv(to_csv_frame(table, metrics), output / "table.csv")
         atomic_write_text(to_markdown(table, metrics), output / "table.md")
 
+    if cfg.truth is not None and not Path(cfg.truth).is_file():
+        raise FileNotFoundError(f"truth={cfg.truth}: no such truth.csv")
+    manifests: dict[str, Manifest] = {}
+    sources, truth_problems = truth_sources(runs, cfg, manifests)
+    planted, scored = recovery_section(runs, sources, truth_problems, cfg)
+
     sections = [
         ("runs", "Runs", runs_section(runs)),
         ("comparison", "Comparison (Table 1)", table_section(runs, table, cfg)),
         ("metrics", "Metrics per fold (Figures 2–3)", metric_section(runs, figures, cfg)),
         ("risk-groups", "Risk groups (Figure 4)", km_section(runs, slugs, figures, cfg)),
         ("training", "Training curves", training_section(runs, slugs, figures, cfg)),
-        ("importance", "Node importance", overlay_section(runs, slugs, figures, cfg)),
+        ("planted", "Planted regions (node-importance AUROC)", planted),
+        ("importance", "Node importance", overlay_section(runs, slugs, figures, cfg, manifests, sources, scored)),
         ("settings", "Settings", settings_section(runs)),
         ("reproducibility", "Reproducibility checklist", checklist_section(runs)),
     ]

@@ -1,21 +1,26 @@
-"""Node importance painted back on the image patches it came from.
+"""Node importance painted back on the image patches it came from, beside the planted truth.
 
 A graph node is a cluster of patches; ``graph.assignment`` gives the node of
 every patch in the order of the patch-feature file, so ``importance[assignment]``
 is each patch's score and the feature file's ``coords``/``patch_size`` say
 where to paint it: level-0 pixels (tile top-left) on a slide thumbnail, mm
 (patch centre) on axial CT slices through the tumour. Overlapping patches show
-their mean.
+their mean. Where the cohort has planted ground truth (:mod:`radiopath.report.truth`),
+the pattern is outlined on the importance and a panel beside it paints each patch
+with its node's planted fraction: what the node-importance AUROC scores against.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import SimpleITK as sitk
 import torch
+from PIL import Image
+from torch_geometric.data import Data
 
 from radiopath.data.manifest import Manifest
 from radiopath.data.readers import open_slide, read_ct
@@ -23,17 +28,30 @@ from radiopath.encode import encoder_dirname
 from radiopath.encoders.features import PatchFeatures, features_path
 from radiopath.graphs import graph_path, load_graph
 from radiopath.report.plots import save_figure
+from radiopath.report.truth import TruthMask, ct_boxes
 
 
-def select_cases(importance_by_run: list[dict[str, Path]], n_cases: int, cases: list[str] | None) -> list[str]:
-    """The configured cases, else the first ``n_cases`` that the most runs have importance for."""
+@dataclass
+class PatchTruth:
+    """The planted truth drawn beside the importance: the case's mask and each patch's node planted fraction."""
+
+    mask: TruthMask
+    fraction: np.ndarray
+
+
+def select_cases(importance_by_run: list[dict[str, Path]], n_cases: int, cases: list[str] | None,
+                 preferred: set[str] = frozenset()) -> list[str]:
+    """The configured cases, else the first ``n_cases`` that the most runs have importance for.
+
+    Among those, ``preferred`` cases (e.g. with planted and unplanted nodes) come first.
+    """
     if cases:
         return list(cases)
     counts: dict[str, int] = {}
     for files in importance_by_run:
         for case_id in files:
             counts[case_id] = counts.get(case_id, 0) + 1
-    return sorted(counts, key=lambda case_id: (-counts[case_id], case_id))[:n_cases]
+    return sorted(counts, key=lambda case_id: (case_id not in preferred, -counts[case_id], case_id))[:n_cases]
 
 
 def load_importance(path: Path) -> dict[str, np.ndarray]:
@@ -42,16 +60,22 @@ def load_importance(path: Path) -> dict[str, np.ndarray]:
     return {modality: values.float().numpy().reshape(-1) for modality, values in data.items()}
 
 
+def load_case_patches(graph_dir: str, features_dir: str, modality: str, case_id: str) -> tuple[Data, PatchFeatures]:
+    """The case's graph and the patch-feature file it was built from (checked to have one node per patch)."""
+    graph = load_graph(graph_path(graph_dir, modality, case_id))
+    patches = PatchFeatures.load(features_path(features_dir, modality, encoder_dirname(graph.encoder), case_id))
+    if len(graph.assignment) != len(patches.coords):
+        raise ValueError(f"graph assigns {len(graph.assignment)} patches but the feature file has "
+                         f"{len(patches.coords)}")
+    return graph, patches
+
+
 def patch_importance(graph_dir: str, features_dir: str, modality: str, case_id: str, nodes: np.ndarray):
     """The case's patches (:class:`PatchFeatures`) and each patch's importance (its node's value)."""
-    graph = load_graph(graph_path(graph_dir, modality, case_id))
+    graph, patches = load_case_patches(graph_dir, features_dir, modality, case_id)
     if len(nodes) != graph.num_nodes:
         raise ValueError(f"{len(nodes)} importance values for a graph of {graph.num_nodes} nodes")
-    patches = PatchFeatures.load(features_path(features_dir, modality, encoder_dirname(graph.encoder), case_id))
-    assignment = graph.assignment.numpy()
-    if len(assignment) != len(patches.coords):
-        raise ValueError(f"graph assigns {len(assignment)} patches but the feature file has {len(patches.coords)}")
-    return patches, nodes[assignment]
+    return patches, nodes[graph.assignment.numpy()]
 
 
 def paint(shape: tuple[int, int], lo: np.ndarray, hi: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -72,9 +96,19 @@ def _round_half_up(values: np.ndarray) -> np.ndarray:
     return np.floor(np.round(values, 3) + 0.5).astype(int)
 
 
+def _outline(ax, mask: np.ndarray, colour: str) -> None:
+    """The planted pattern's contour (nothing to draw on a mask without pattern)."""
+    if mask.any():
+        ax.contour(mask, levels=[0.5], colors=colour, linewidths=1)
+
+
 def slide_overlay(manifest: Manifest, case_id: str, patches: PatchFeatures, scores: np.ndarray, cfg, title: str,
-                  path: Path, dpi: int) -> Path:
-    """Slide thumbnail beside the same thumbnail with each tile painted by its importance."""
+                  path: Path, dpi: int, truth: PatchTruth | None = None) -> Path:
+    """Slide thumbnail beside the same thumbnail with each tile painted by its importance.
+
+    With ``truth``: the pattern outlined on the importance, and a third panel of the tiles
+    painted with their node's planted fraction.
+    """
     slide_path = manifest.image_path(case_id, "wsi") if "wsi" in manifest.frame.columns else None
     if slide_path is None:
         raise FileNotFoundError(f"the manifest names no slide for {case_id}")
@@ -85,23 +119,29 @@ def slide_overlay(manifest: Manifest, case_id: str, patches: PatchFeatures, scor
     finally:
         slide.close()
     corners = patches.coords * scale
-    painted = paint(thumbnail.shape[:2], corners, corners + patches.patch_size[:2] * scale, scores)
-    fig, (plain, overlay) = plt.subplots(1, 2, figsize=(11, 5.2))
-    for ax in (plain, overlay):
+    far = corners + patches.patch_size[:2] * scale
+    painted = paint(thumbnail.shape[:2], corners, far, scores)
+    n_panels = 2 if truth is None else 3
+    fig, axes = plt.subplots(1, n_panels, figsize=(5.5 * n_panels, 5.2), layout="constrained")
+    plain, overlay = axes[:2]
+    for ax in axes:
         ax.imshow(thumbnail)
         ax.set_axis_off()
     image = overlay.imshow(painted, cmap=cfg.colormap, alpha=cfg.alpha, vmin=scores.min(), vmax=scores.max())
     fig.colorbar(image, ax=overlay, fraction=0.046, label="node importance")
     plain.set_title("slide thumbnail")
     overlay.set_title(f"{len(scores)} tiles coloured by their node's importance")
-    fig.suptitle(title)
+    if truth is not None:
+        pattern = Image.fromarray(truth.mask.array.astype(np.uint8) * 255)
+        pattern = np.asarray(pattern.resize(thumbnail.shape[1::-1], Image.NEAREST)) > 127
+        planted = paint(thumbnail.shape[:2], corners, far, truth.fraction)
+        shown = axes[2].imshow(planted, cmap=cfg.truth_colormap, alpha=cfg.alpha, vmin=0, vmax=1)
+        fig.colorbar(shown, ax=axes[2], fraction=0.046, label="node planted fraction")
+        axes[2].set_title("planted truth: each tile's node planted fraction")
+        for ax in axes[1:]:
+            _outline(ax, pattern, cfg.truth_colour)
+    fig.suptitle(title if truth is None else f"{title} (planted pattern outlined in {cfg.truth_colour})")
     return save_figure(fig, path, dpi)
-
-
-def _index_transform(image: sitk.Image) -> np.ndarray:
-    """Matrix taking a physical offset from the origin (mm, x/y/z) to continuous voxel index (x/y/z)."""
-    direction = np.array(image.GetDirection()).reshape(3, 3)
-    return np.linalg.inv(direction @ np.diag(image.GetSpacing()))
 
 
 def tumour_slices(mask: np.ndarray, n: int) -> list[int]:
@@ -113,8 +153,12 @@ def tumour_slices(mask: np.ndarray, n: int) -> list[int]:
 
 
 def ct_overlay(manifest: Manifest, case_id: str, patches: PatchFeatures, scores: np.ndarray, cfg, title: str,
-               path: Path, dpi: int) -> Path:
-    """Axial CT slices through the tumour: mask contour and the patches crossing each slice, painted."""
+               path: Path, dpi: int, truth: PatchTruth | None = None) -> Path:
+    """Axial CT slices through the tumour: mask contour and the patches crossing each slice, painted.
+
+    With ``truth``: the pattern outlined, and a second row of the same slices with the
+    patches painted by their node's planted fraction.
+    """
     columns = manifest.frame.columns
     ct_path = manifest.image_path(case_id, "ct") if "ct" in columns else None
     mask_path = manifest.image_path(case_id, "mask") if "mask" in columns else None
@@ -125,31 +169,36 @@ def ct_overlay(manifest: Manifest, case_id: str, patches: PatchFeatures, scores:
     mask = sitk.GetArrayFromImage(read_ct(mask_path, case_id)) > 0
     if mask.shape != volume.shape:
         raise ValueError(f"mask {mask.shape} and CT {volume.shape} differ in size")
-    to_index = _index_transform(image)
-    centres = (patches.coords - np.array(image.GetOrigin())) @ to_index.T
-    half = np.abs(to_index) @ patches.patch_size / 2
+    lo, extent = ct_boxes(image, patches.coords, patches.patch_size)
     _, ys, xs = np.nonzero(mask)
     margin = np.array(cfg.ct_margin_mm) / np.array(image.GetSpacing()[:2])
     x0, x1 = int(max(xs.min() - margin[0], 0)), int(min(xs.max() + margin[0] + 1, volume.shape[2]))
     y0, y1 = int(max(ys.min() - margin[1], 0)), int(min(ys.max() + margin[1] + 1, volume.shape[1]))
     slices = tumour_slices(mask, cfg.ct_slices)
     aspect = image.GetSpacing()[1] / image.GetSpacing()[0]
+    rows = [("node importance", scores, cfg.colormap, scores.min(), scores.max())]
+    if truth is not None:
+        rows.append(("node planted fraction", truth.fraction, cfg.truth_colormap, 0, 1))
 
-    fig, axes = plt.subplots(1, len(slices), figsize=(4.2 * len(slices) + 1, 4.4), squeeze=False)
-    for ax, z in zip(axes[0], slices):
-        crossing = np.abs(centres[:, 2] - z) <= half[2]
-        # voxel i covers [i - 0.5, i + 0.5) in index units: shift to pixel edges
-        lo = centres[crossing, :2] - half[:2] + 0.5 - [x0, y0]
-        painted = paint((y1 - y0, x1 - x0), lo, lo + 2 * half[:2], scores[crossing])
-        ax.imshow(volume[z, y0:y1, x0:x1], cmap="gray", vmin=cfg.ct_window[0], vmax=cfg.ct_window[1], aspect=aspect)
-        shown = ax.imshow(painted, cmap=cfg.colormap, alpha=cfg.alpha, vmin=scores.min(), vmax=scores.max(),
-                          aspect=aspect)
-        ax.contour(mask[z, y0:y1, x0:x1], levels=[0.5], colors="cyan", linewidths=1)
-        z_mm = image.TransformIndexToPhysicalPoint((0, 0, int(z)))[2]
-        ax.set_title(f"slice {z} (z = {z_mm:.1f} mm), {int(crossing.sum())} patches", fontsize=9)
-        ax.set_axis_off()
-    fig.colorbar(shown, ax=list(axes[0]), fraction=0.03, label="node importance")
-    fig.suptitle(f"{title} (tumour contour in cyan)")
+    fig, axes = plt.subplots(len(rows), len(slices), figsize=(4.2 * len(slices) + 1, 4.4 * len(rows)), squeeze=False)
+    for row, (label, values, colormap, vmin, vmax) in zip(axes, rows):
+        for ax, z in zip(row, slices):
+            # voxel z spans [z, z + 1) in the boxes' pixel-edge units
+            crossing = (lo[:, 2] <= z + 0.5) & (z + 0.5 <= lo[:, 2] + extent[2])
+            start = lo[crossing, :2] - [x0, y0]
+            painted = paint((y1 - y0, x1 - x0), start, start + extent[:2], values[crossing])
+            ax.imshow(volume[z, y0:y1, x0:x1], cmap="gray", vmin=cfg.ct_window[0], vmax=cfg.ct_window[1],
+                      aspect=aspect)
+            shown = ax.imshow(painted, cmap=colormap, alpha=cfg.alpha, vmin=vmin, vmax=vmax, aspect=aspect)
+            ax.contour(mask[z, y0:y1, x0:x1], levels=[0.5], colors="cyan", linewidths=1)
+            if truth is not None:
+                _outline(ax, truth.mask.array[z, y0:y1, x0:x1], cfg.truth_colour)
+            z_mm = image.TransformIndexToPhysicalPoint((0, 0, int(z)))[2]
+            ax.set_title(f"slice {z} (z = {z_mm:.1f} mm), {int(crossing.sum())} patches", fontsize=9)
+            ax.set_axis_off()
+        fig.colorbar(shown, ax=list(row), fraction=0.03, label=label)
+    planted = "" if truth is None else f", planted pattern in {cfg.truth_colour}"
+    fig.suptitle(f"{title} (tumour contour in cyan{planted})")
     return save_figure(fig, path, dpi)
 
 

@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import roc_auc_score
 
 from radiopath.io import atomic_write_csv, atomic_write_text
 from radiopath.report.table import format_cell
+from radiopath.report.truth import importance_auroc, node_labels
 from radiopath.training.trainer import harrell_c
 
 # Aggregators whose node importance is exactly 0 on the nodes their pooling dropped.
@@ -49,26 +49,12 @@ TABLE_COLUMNS = (
 )
 
 
-def importance_auroc(*, importance: torch.Tensor, truth: torch.Tensor) -> float:
-    """AUROC of node importance against the planted nodes; NaN unless the truth has both classes."""
-    truth = _truth_like(importance, truth)
-    if truth.all() or not truth.any():
-        return math.nan
-    return float(roc_auc_score(truth.numpy(), importance.double().numpy()))
-
-
 def kept_fraction(*, importance: torch.Tensor, truth: torch.Tensor) -> float:
     """Fraction of the planted nodes with importance > 0 (kept by pooling); NaN without planted nodes."""
-    truth = _truth_like(importance, truth)
+    truth = node_labels(importance, truth)
     if not truth.any():
         return math.nan
     return float((importance[truth] > 0).double().mean())
-
-
-def _truth_like(importance: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    if importance.shape != truth.shape:
-        raise ValueError(f"importance has shape {tuple(importance.shape)} but the truth {tuple(truth.shape)}")
-    return truth.bool()
 
 
 def own_risk_c_index(*, vectors: pd.DataFrame, survival: pd.DataFrame) -> float:
