@@ -7,13 +7,19 @@ import openslide
 import pandas as pd
 import pytest
 import SimpleITK as sitk
+import tifffile
 from lifelines import CoxPHFitter
+from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError
 from PIL import Image
 from scipy.stats import spearmanr
 
 from radiopath.data import demo_cohort as dc
 from radiopath.data.manifest import load_manifest
+from radiopath.data.pyramid_tiff import write_pyramidal_tiff
+from radiopath.encoders import build_encoder
+from radiopath.encoders.extract import encode_wsi_case
+from radiopath.graphs.build import build_graph
 
 REPO = Path(__file__).resolve().parents[1]
 # Small images with the default physical field of view; a non-square slide catches
@@ -257,3 +263,63 @@ def test_hydra_entry_point_writes_a_cohort(tmp_path):
         pd.read_csv(out / "truth" / "truth.csv"),
         pd.read_csv(dc.make_demo_cohort(tmp_path / "lib", 2, 3, **SMALL).parent / "truth" / "truth.csv"),
     )
+
+
+# --- scale of the default demo, CT-only cohorts, slide files ---------------------------------------
+
+
+def test_default_slide_holds_a_few_hundred_demo_tiles_and_blobs_span_several(compose_config):
+    cfg = dc.demo_config()
+    tiling = compose_config("build_graphs", ["wsi=demo", "graph/pathology=slidegraph_demo"]).wsi.tiling
+    tile_um = tiling.tile_size * tiling.mpp
+    grid_tiles = np.prod(np.asarray(cfg.wsi.size_px) * cfg.wsi.mpp // tile_um)
+    low, high = (grid_tiles * fraction for fraction in cfg.wsi.tissue_fraction)
+    assert 200 <= low and high <= 1000
+    assert cfg.wsi_pattern.radius_um[0] >= 2 * tile_um  # the smallest blob still covers whole tiles
+
+
+def test_demo_graph_settings_keep_a_node_per_one_or_two_tiles(compose_config, tmp_path):
+    small = {**SMALL, "wsi": {"size_px": [1536, 1536]}, "wsi_pattern": {"radius_um": [100.0, 150.0]}}
+    manifest = dc.make_demo_cohort(tmp_path, 1, 2, **small)
+    nodes = {}
+    for graph_config in ("slidegraph", "slidegraph_demo"):
+        cfg = compose_config("build_graphs", ["wsi=demo", f"graph/pathology={graph_config}"])
+        encoder = build_encoder(cfg.encoder.pathology.name, **cfg.encoder.pathology.kwargs)
+        patches = encode_wsi_case(
+            "demo-000", manifest.parent / "wsi" / "demo-000.tif", encoder,
+            OmegaConf.to_container(cfg.wsi.tissue, resolve=True), OmegaConf.to_container(cfg.wsi.tiling, resolve=True),
+        )
+        nodes[graph_config] = build_graph(patches, **OmegaConf.to_container(cfg.graph.pathology)).num_nodes
+    tiles = len(patches.features)
+    assert tiles >= 40
+    assert nodes["slidegraph_demo"] >= tiles / 2.5
+    assert nodes["slidegraph"] < nodes["slidegraph_demo"] / 3  # the published settings merge far more
+
+
+def test_ct_only_cohort_has_no_slides_and_the_same_outcomes(cohort, tmp_path):
+    ct_only = dc.make_demo_cohort(tmp_path / "ct_only", 2, 0, slides=False, **SMALL)
+    raw, truth = read_tables(ct_only)
+    full_raw, full_truth = read_tables(cohort)
+    assert raw["wsi"].isna().all() and truth["wsi_pattern"].isna().all()
+    assert not (ct_only.parent / "wsi").exists() and not list((ct_only.parent / "truth").glob("*.png"))
+    pd.testing.assert_frame_equal(raw.drop(columns="wsi"), full_raw.drop(columns="wsi").iloc[:2])
+    pd.testing.assert_frame_equal(truth.drop(columns="wsi_pattern"), full_truth.drop(columns="wsi_pattern").iloc[:2])
+    manifest = load_manifest(ct_only, required=("ct", "mask", "wsi", "os_time", "os_event"))
+    assert manifest.problems == [] and manifest.case_ids == ["demo-000", "demo-001"]
+    assert manifest.image_path("demo-000", "wsi") is None
+    assert "wsi/" not in dc.describe_cohort(ct_only, "days")
+
+
+def test_pyramid_levels_are_rounded_block_means_and_level_zero_is_lossless(tmp_path):
+    image = np.random.default_rng(0).integers(0, 256, (70, 90, 3), dtype=np.uint8)  # not a multiple of 4
+    path = tmp_path / "noise.tif"
+    write_pyramidal_tiff(path, image, 0.5, (1, 2, 4), tile=16, zlib_level=1)
+    with tifffile.TiffFile(path) as tiff:
+        levels = [page.asarray() for page in tiff.pages]
+    np.testing.assert_array_equal(levels[0], image)
+    for finer, level in zip(levels, levels[1:]):  # each level halves the one before it
+        h, w = finer.shape[0] // 2, finer.shape[1] // 2
+        blocks = finer[: h * 2, : w * 2].reshape(h, 2, w, 2, 3)
+        np.testing.assert_array_equal(level, np.floor(blocks.mean(axis=(1, 3)) + 0.5).astype(np.uint8))
+    with pytest.raises(ValueError, match="zlib_level"):
+        write_pyramidal_tiff(tmp_path / "bad.tif", image, 0.5, zlib_level=0)

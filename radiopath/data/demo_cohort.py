@@ -17,11 +17,11 @@ Planted patterns (malignant tumours only; benign ones have none)
     [*_pattern.max_regions, count_intercept, count_slope].
     CT: ellipsoids of radius 0.25-0.4 x the tumour radius centred inside the
     tumour, clipped to it, filled with hyper-enhancing heterogeneous tissue
-    (260 HU plus 70 HU white noise). Slide: blobs of radius 100-250 µm centred on
+    (260 HU plus 70 HU white noise). Slide: blobs of radius 133-333 µm centred on
     tissue, clipped to it, with 2x denser, 1.7x larger, 1.35x darker nuclei and
     bluer cytoplasm ("high grade"). ``f_ct`` is the fraction of tumour voxels and
     ``f_wsi`` the fraction of tissue pixels covered by pattern (cohort means about
-    0.05 and 0.08, zero for benign tumours).
+    0.05 and 0.10, zero for benign tumours).
 
 Images
     CT (int16 HU, 128x128x40 voxels of 0.8x0.8x2.5 mm): air, an elliptic body with
@@ -30,10 +30,15 @@ Images
     radius 12-24 mm at 60-100 HU with 25 HU texture when malignant, 8-13 mm at -70
     to -30 HU (fat-containing) with 5 HU texture when benign. Then a Gaussian
     point-spread function and 10 HU noise everywhere.
-    Slide (0.5 µm/px, 3072x3072 level 0): one or two tissue pieces covering 40-60%
-    of a white background, stained by Beer-Lambert mixing of haematoxylin and eosin;
-    nuclei are an inhomogeneous Poisson process (7000 per mm²) stamped with
-    elliptical kernels.
+    Slide (0.5 µm/px, 4096x4096 level 0, i.e. 2 x 2 mm): one or two tissue pieces
+    covering 40-60% of a white background, stained by Beer-Lambert mixing of
+    haematoxylin and eosin (Macenko reference stain vectors; eosin OD 0.45 with 25%
+    smooth variation, cytoplasmic haematoxylin 0.06, 0.15 more in the pattern);
+    nuclei are an inhomogeneous Poisson process (7000 per mm², 30% log-scale
+    variation) stamped with elliptical kernels of radius 3.2 µm and peak
+    haematoxylin OD 1.1. At the demo's 64-µm analysis tiles (``wsi=demo``) a slide
+    has ~400-600 tissue tiles of ~30 nuclei each; planted blobs span tens of tiles.
+    The TIFF is deflate-compressed at level 1 [wsi.zlib_level] for speed (lossless).
 
 Survival (proportional hazards, Weibull baseline)
     ``log_hazard = 0.7 (f_ct - 0.05) / 0.055 + 0.7 (f_wsi - 0.08) / 0.1
@@ -58,6 +63,9 @@ Files (paths in the manifest are relative to it)
     pattern fractions and region counts, mask paths), ``truth/{case}_ct_pattern.nii.gz``
     (CT grid) and ``truth/{case}_wsi_pattern.png`` (255 = pattern, at
     ``wsi_pattern_downsample`` x level 0).
+    ``slides=false`` writes a CT-only cohort: no ``wsi/`` files or slide truth, empty
+    ``wsi`` cells. The slide masks are still drawn (not painted), so ``f_wsi``, the
+    outcomes and the labels equal those of the same seed with slides.
 """
 
 from __future__ import annotations
@@ -397,9 +405,9 @@ def max_diameter_mm(mask: np.ndarray, spacing_xyz) -> float:
 
 @dataclass
 class Slide:
-    """A rendered slide: level-0 RGB and the tissue and pattern masks at ``wsi.work_downsample``."""
+    """A slide: level-0 RGB (None when not painted) and the tissue and pattern masks at ``wsi.work_downsample``."""
 
-    rgb: np.ndarray
+    rgb: np.ndarray | None
     tissue: np.ndarray
     pattern: np.ndarray
 
@@ -409,14 +417,18 @@ class Slide:
         return float(self.pattern.sum() / max(int(self.tissue.sum()), 1))
 
 
-def render_slide(rng: np.random.Generator, design: PatientDesign, cfg: DictConfig) -> Slide:
-    """Draw one H&E-like slide with its planted "high grade" regions."""
+def render_slide(rng: np.random.Generator, design: PatientDesign, cfg: DictConfig, *, paint: bool = True) -> Slide:
+    """Draw one H&E-like slide with its planted "high grade" regions.
+
+    ``paint=False`` draws the tissue and pattern masks only (what the outcomes need)
+    and skips the image: the masks, hence the pattern fraction, are the same either way.
+    """
     w = cfg.wsi
     shape = (w.size_px[1] // w.work_downsample, w.size_px[0] // w.work_downsample)
     um_per_px = w.mpp * w.work_downsample
     tissue = _tissue_mask(rng, shape, um_per_px, w)
     pattern = _slide_pattern_mask(rng, tissue, design.n_wsi_regions, um_per_px, cfg.wsi_pattern)
-    return Slide(_paint_slide(rng, tissue, pattern, cfg), tissue, pattern)
+    return Slide(_paint_slide(rng, tissue, pattern, cfg) if paint else None, tissue, pattern)
 
 
 def _tissue_mask(rng, shape: tuple[int, int], um_per_px: float, w: DictConfig) -> np.ndarray:
@@ -580,19 +592,24 @@ def generate_case(root: Path, case_id: str, seed: np.random.SeedSequence, cfg: D
     design_rng, ct_rng, slide_rng, outcome_rng = (np.random.default_rng(s) for s in seed.spawn(4))
     design = sample_design(design_rng, case_id, cfg)
     ct = render_ct(ct_rng, design, cfg)
-    slide = render_slide(slide_rng, design, cfg)
+    # Without slides the masks are still drawn: the outcomes depend on the slide's pattern fraction.
+    slide = render_slide(slide_rng, design, cfg, paint=cfg.slides)
     size_mm = max_diameter_mm(ct.mask, ct.spacing)
     outcome = sample_outcome(outcome_rng, design, ct.pattern_fraction, slide.pattern_fraction, size_mm, cfg)
 
-    files = {"ct": f"ct/{case_id}.nii.gz", "mask": f"mask/{case_id}.nii.gz", "wsi": f"wsi/{case_id}.tif"}
-    truth_files = {"ct_pattern": f"{case_id}_ct_pattern.nii.gz", "wsi_pattern": f"{case_id}_wsi_pattern.png"}
+    files = {"ct": f"ct/{case_id}.nii.gz", "mask": f"mask/{case_id}.nii.gz", "wsi": ""}
+    truth_files = {"ct_pattern": f"{case_id}_ct_pattern.nii.gz", "wsi_pattern": ""}
     write_sitk(ct.image, ct.spacing, root / files["ct"])
     write_sitk(ct.mask, ct.spacing, root / files["mask"])
     write_sitk(ct.pattern, ct.spacing, root / "truth" / truth_files["ct_pattern"])
     w = cfg.wsi
-    write_pyramidal_tiff(root / files["wsi"], slide.rgb, w.mpp, tuple(w.downsamples), w.tile)
-    truth_mask = _block_majority(slide.pattern, w.truth_downsample // w.work_downsample)
-    _write_mask_png(truth_mask, root / "truth" / truth_files["wsi_pattern"])
+    if cfg.slides:
+        files["wsi"], truth_files["wsi_pattern"] = f"wsi/{case_id}.tif", f"{case_id}_wsi_pattern.png"
+        write_pyramidal_tiff(
+            root / files["wsi"], slide.rgb, w.mpp, tuple(w.downsamples), w.tile, zlib_level=w.zlib_level
+        )
+        truth_mask = _block_majority(slide.pattern, w.truth_downsample // w.work_downsample)
+        _write_mask_png(truth_mask, root / "truth" / truth_files["wsi_pattern"])
 
     manifest_row = {
         "case_id": case_id,
@@ -664,6 +681,7 @@ def describe_cohort(manifest_path: str | Path, time_unit: str) -> str:
             f"  malignant: {len(malignant)}, benign: {len(frame) - len(malignant)}",
             f"  ISUP 1/2/3/4: {'/'.join(str(n) for n in grades)}, high grade: {int(malignant['high_grade'].sum())}",
             f"  aggressive: {int(malignant['aggressive'].sum())} of {len(malignant)} malignant",
-            f"  files: {root / 'manifest.csv'}, ct/, mask/, wsi/; ground truth in {root / 'truth'}",
+            f"  files: {root / 'manifest.csv'}, ct/, mask/{', wsi/' if frame['wsi'].notna().any() else ''}; "
+            f"ground truth in {root / 'truth'}",
         ]
     )

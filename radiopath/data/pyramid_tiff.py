@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
+from PIL import Image
 
 from radiopath.io import atomic_write
 
@@ -21,8 +22,15 @@ def write_pyramidal_tiff(
     mpp: float,
     downsamples: tuple[int, ...] = (1, 4, 16),
     tile: int = 256,
+    *,
+    zlib_level: int = 6,
 ) -> None:
-    """Write uint8 RGB ``image`` (H, W, 3) at ``mpp`` µm/px with one level per downsample."""
+    """Write uint8 RGB ``image`` (H, W, 3) at ``mpp`` µm/px with one level per downsample.
+
+    Tiles are deflate-compressed at ``zlib_level`` (1 fastest, 9 smallest; lossless at any level).
+    """
+    if not 1 <= zlib_level <= 9:
+        raise ValueError(f"zlib_level must be 1 to 9, got {zlib_level}")
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
     if downsamples[0] != 1 or any(b % a for a, b in zip(downsamples, downsamples[1:])):
@@ -38,6 +46,7 @@ def write_pyramidal_tiff(
                 photometric="rgb",
                 tile=(tile, tile),
                 compression="zlib",
+                compressionargs={"level": zlib_level},
                 resolution=(pixels_per_cm, pixels_per_cm),
                 resolutionunit="CENTIMETER",
                 subfiletype=0 if i == 0 else 1,  # 1 = reduced-resolution page
@@ -45,9 +54,13 @@ def write_pyramidal_tiff(
 
 
 def _downsample(image: np.ndarray, factor: int) -> np.ndarray:
-    """Block-average by ``factor`` (cropping to a multiple of it)."""
+    """Block-average by ``factor``, rounded (cropping to a multiple of it).
+
+    PIL's ``reduce`` is a box filter in C: an order of magnitude faster than a numpy
+    mean over the block axes, with the same result.
+    """
     if factor == 1:
         return image
     h, w = image.shape[0] // factor, image.shape[1] // factor
-    blocks = image[: h * factor, : w * factor].reshape(h, factor, w, factor, 3)
-    return (blocks.mean(axis=(1, 3), dtype=np.float32) + 0.5).astype(np.uint8)
+    cropped = np.ascontiguousarray(image[: h * factor, : w * factor])
+    return np.asarray(Image.fromarray(cropped).reduce(factor))

@@ -6,7 +6,7 @@ import importlib
 from typing import Callable
 
 _BUILDERS: dict[str, Callable] = {}
-_BUILTIN_MODULES = ("pathology", "ct_vit", "radiomics")
+_BUILTIN_MODULES = ("pathology", "pathomics", "ct_vit", "radiomics")
 
 
 def _load_builtin() -> None:
