@@ -83,3 +83,38 @@ def test_selector_only_ever_sees_training_rows(compose_config, tmp_path, monkeyp
         assert any(rows <= train for train in train_sets)
     outer_sizes = {len(train) for train in train_sets}
     assert any(len(rows) not in outer_sizes for rows in seen)  # inner CV refits it too
+
+
+def test_filters_are_fitted_once_per_split_for_all_grids_and_models(compose_config, tmp_path, monkeypatch):
+    X, y = survival_data(n=60, seed=2)
+    X.insert(0, "uid", np.arange(len(X)) + 0.5)  # names the rows each fit sees
+    table = X.assign(case_id=[f"p{i}" for i in range(len(X))], os_time=y["time"], os_event=y["event"].astype(int))
+    table.to_csv(tmp_path / "table.csv", index=False)
+
+    seen = {NearConstantFilter: [], UnivariateCoxSelector: []}
+    for cls, rows in seen.items():
+        def spy_fit(self, X, y=None, _original=cls.fit, _rows=rows):
+            _rows.append(frozenset(np.asarray(X)[:, 0]))
+            return _original(self, X, y)
+
+        monkeypatch.setattr(cls, "fit", spy_fit)
+    cfg = compose_config(
+        "survival",
+        [
+            f"features={tmp_path / 'table.csv'}",
+            "n_folds=2",
+            "tuning.inner_folds=2",
+            "estimators.RSF.n_estimators=10",
+            "estimators.RSF.max_depth=[2,4]",
+            "estimators.CoxPH.alpha=[0.1,10.0]",
+            "estimators.Coxnet.grid_size=3",
+            "estimators.FSVM.alpha=[0.01,1.0]",
+        ],
+    )
+    result, _, _ = run_stage(cfg)
+    assert not result.errors
+    for rows in seen.values():
+        # 2 outer folds x (2 inner training splits + the fold's training part): every grid
+        # candidate of every model reuses these fits instead of refitting the filters
+        assert len(rows) == 2 * (2 + 1)
+        assert len(set(rows)) == len(rows)

@@ -23,7 +23,8 @@ def make_pipeline(estimator, selection: dict, memory=None) -> Pipeline:
     if selection["univariate_cox"]:
         steps.append(("univariate_cox", UnivariateCoxSelector(selection["p_threshold"], selection["penalizer"])))
     steps += [("scale", StandardScaler()), ("model", estimator)]
-    # memory caches the fitted filters: the grid search refits them once per split, not per candidate
+    # memory caches the fitted filters by (step settings, rows): the grid search fits them once per
+    # split, not per candidate, and the four models of a fold share those fits
     return Pipeline(steps, memory=memory)
 
 
