@@ -158,35 +158,45 @@ def test_same_seed_repeats_and_other_seed_differs(cohort, tmp_path):
     assert np.array_equal(ct[0], ct[1]) and not np.array_equal(ct[0], ct[2])
 
 
-def test_log_hazard_rises_with_each_pattern_fraction():
+def test_log_hazard_rises_with_each_pattern_severity_of_malignant_tumours():
     cfg = dc.demo_config()
-    fractions = np.linspace(0, 0.4, 9)
-    assert (np.diff(dc.log_hazard(fractions, 0.1, 60, True, cfg)) > 0).all()
-    assert (np.diff(dc.log_hazard(0.05, fractions, 60, True, cfg)) > 0).all()
-    assert dc.log_hazard(0, 0, 60, False, cfg) < dc.log_hazard(0, 0, 60, True, cfg)
+    severities = np.linspace(0.5, 1.0, 9)
+    assert (np.diff(dc.log_hazard(severities, 0.75, 60, True, cfg)) > 0).all()
+    assert (np.diff(dc.log_hazard(0.75, severities, 60, True, cfg)) > 0).all()
+    assert dc.log_hazard(0, 0, 60, False, cfg) < dc.log_hazard(0.75, 0.75, 60, True, cfg)
+
+
+def test_region_count_is_chance_and_severity_follows_the_drive():
+    cfg = dc.demo_config()
+    designs = [dc.sample_design(np.random.default_rng(s), f"p{i}", cfg)
+               for i, s in enumerate(np.random.SeedSequence(3).spawn(600))]
+    malignant = [d for d in designs if d.malignant]
+    z = np.array([d.z for d in malignant])
+    assert abs(spearmanr(z, [d.n_wsi_regions for d in malignant]).statistic) < 0.15
+    assert spearmanr(z, [d.wsi_severity for d in malignant]).statistic > 0.5
+    assert spearmanr(z, [d.ct_severity for d in malignant]).statistic > 0.5
+    severities = np.array([[d.ct_severity, d.wsi_severity] for d in malignant])
+    assert (severities >= cfg.wsi_pattern.severity_min).all() and (severities <= 1).all()
+    assert all(d.ct_severity == d.wsi_severity == 0 for d in designs if not d.malignant)
 
 
 def test_truth_log_hazard_is_the_stated_formula(cohort):
     raw, truth = read_tables(cohort)
     cfg = dc.demo_config(**SMALL)
-    expected = dc.log_hazard(
-        truth["ct_pattern_fraction"], truth["wsi_pattern_fraction"], raw["age"], raw["malignant"], cfg
-    )
+    expected = dc.log_hazard(truth["ct_severity"], truth["wsi_severity"], raw["age"], raw["malignant"], cfg)
     np.testing.assert_allclose(truth["log_hazard"], expected, atol=1e-5)
 
 
 def sample_many(n: int) -> pd.DataFrame:
-    """Outcomes of ``n`` patients with stand-in pattern fractions (no images)."""
+    """Outcomes of ``n`` patients (no images), with a stand-in tumour size."""
     cfg = dc.demo_config()
     rows = []
     for i, seed in enumerate(np.random.SeedSequence(7).spawn(n)):
-        design_rng, fraction_rng, outcome_rng = (np.random.default_rng(s) for s in seed.spawn(3))
+        design_rng, size_rng, outcome_rng = (np.random.default_rng(s) for s in seed.spawn(3))
         design = dc.sample_design(design_rng, f"p{i}", cfg)
-        f_ct = design.n_ct_regions * fraction_rng.uniform(0.01, 0.04)
-        f_wsi = design.n_wsi_regions * fraction_rng.uniform(0.01, 0.06)
-        size = fraction_rng.uniform(20, 60)
-        outcome = dc.sample_outcome(outcome_rng, design, f_ct, f_wsi, size, cfg)
-        rows.append({**vars(design), **vars(outcome), "f_ct": f_ct, "f_wsi": f_wsi, "size": size})
+        size = size_rng.uniform(20, 60)
+        outcome = dc.sample_outcome(outcome_rng, design, size, cfg)
+        rows.append({**vars(design), **vars(outcome), "size": size})
     return pd.DataFrame(rows)
 
 
@@ -208,8 +218,8 @@ def test_cox_model_recovers_the_planted_coefficients(many):
     cfg = dc.demo_config().survival
     covariates = pd.DataFrame(
         {
-            "ct": (many["f_ct"] - cfg.ct_fraction_ref[0]) / cfg.ct_fraction_ref[1],
-            "wsi": (many["f_wsi"] - cfg.wsi_fraction_ref[0]) / cfg.wsi_fraction_ref[1],
+            "ct": many["malignant"] * (many["ct_severity"] - cfg.ct_severity_ref[0]) / cfg.ct_severity_ref[1],
+            "wsi": many["malignant"] * (many["wsi_severity"] - cfg.wsi_severity_ref[0]) / cfg.wsi_severity_ref[1],
             "age": (many["age"] - cfg.age_ref) / 10,
             "benign": 1.0 - many["malignant"],
             "time": many["os_time_days"],
@@ -227,7 +237,7 @@ def test_labels_carry_signal(many):
     malignant = many[many["malignant"]]
     assert set(malignant["isup_grade"]) == {1, 2, 3, 4}
     assert (malignant["high_grade"] == (malignant["isup_grade"] >= 3)).all()
-    assert spearmanr(malignant["isup_grade"], malignant["f_wsi"]).statistic > 0.4
+    assert spearmanr(malignant["isup_grade"], malignant["wsi_severity"]).statistic > 0.4
     aggressive = malignant["aggressive"] == 1
     assert 0.25 < aggressive.mean() < 0.75
     assert malignant.loc[aggressive, "z"].mean() > malignant.loc[~aggressive, "z"].mean() + 0.5

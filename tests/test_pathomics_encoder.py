@@ -101,7 +101,8 @@ def test_bad_arguments_are_named(kwargs, message):
 
 def test_planted_high_grade_tiles_of_a_demo_slide_stand_out():
     cfg = dc.demo_config(wsi={"size_px": [1536, 1536]}, wsi_pattern={"radius_um": [100.0, 150.0]})
-    design = dc.PatientDesign("p", z=0.0, malignant=True, age=60, sex="M", n_ct_regions=0, n_wsi_regions=3)
+    design = dc.PatientDesign("p", z=0.0, malignant=True, age=60, sex="M", n_ct_regions=0, n_wsi_regions=3,
+                              ct_severity=0.0, wsi_severity=0.5)  # the mildest pattern
     slide = dc.render_slide(np.random.default_rng(1), design, cfg)
     factor = cfg.wsi.work_downsample  # the masks' downsample
     tiles, planted = [], []

@@ -13,15 +13,24 @@ Latent and clinical variables
     complementary, not identical, information.
 
 Planted patterns (malignant tumours only; benign ones have none)
-    The number of regions per modality is ``Binomial(4, sigmoid(-0.5 + 1.5 u_m))``
-    [*_pattern.max_regions, count_intercept, count_slope].
+    The number of regions per modality is ``Binomial(4, sigmoid(0.5 + 0 u_m))``
+    [*_pattern.max_regions, count_intercept, count_slope]: chance, not risk. What
+    carries the risk is how far the regions depart from normal tissue, their
+    *severity* ``sev_m = 0.5 + 0.5 sigmoid(0 + 1.5 u_m)`` in [0.5, 1] (mean 0.75, sd
+    0.13) [*_pattern.severity_min, severity_intercept, severity_slope], as the grade of
+    a tumour is that of its worst focus, not its area. A method must therefore read
+    the planted regions themselves: an average over the whole tumour or slide mixes
+    their severity with their random extent.
     CT: ellipsoids of radius 0.25-0.4 x the tumour radius centred inside the
-    tumour, clipped to it, filled with hyper-enhancing heterogeneous tissue
-    (260 HU plus 70 HU white noise). Slide: blobs of radius 133-333 µm centred on
-    tissue, clipped to it, with 2x denser, 1.7x larger, 1.35x darker nuclei and
-    bluer cytoplasm ("high grade"). ``f_ct`` is the fraction of tumour voxels and
-    ``f_wsi`` the fraction of tissue pixels covered by pattern (cohort means about
-    0.05 and 0.10, zero for benign tumours).
+    tumour, clipped to it, filled with hyper-enhancing heterogeneous tissue at
+    ``mean + sev (260 - mean)`` HU (``mean`` the tumour's own) plus ``sev x 70`` HU
+    white noise. Slide: blobs of radius 133-333 µm centred on tissue, clipped to
+    it, whose nuclei are ``1 + sev (f - 1)`` times denser, larger and darker for
+    ``f`` = 2, 1.7 and 1.35, with ``sev x 0.15`` more cytoplasmic haematoxylin
+    ("high grade"). ``f_ct`` is the fraction of tumour voxels and ``f_wsi`` the
+    fraction of tissue pixels covered by pattern (means about 0.09 and 0.16 over
+    malignant tumours, zero for benign ones); they are recorded in the truth but do
+    not enter the hazard.
 
 Images
     CT (int16 HU, 128x128x40 voxels of 0.8x0.8x2.5 mm): air, an elliptic body with
@@ -41,9 +50,9 @@ Images
     The TIFF is deflate-compressed at level 1 [wsi.zlib_level] for speed (lossless).
 
 Survival (proportional hazards, Weibull baseline)
-    ``log_hazard = 0.7 (f_ct - 0.05) / 0.055 + 0.7 (f_wsi - 0.08) / 0.1
-    + 0.15 (age - 60) / 10 - 1.0 (1 - malignant)`` [survival.*]; the fraction
-    references are fixed constants near the population mean and sd, so a patient's
+    ``log_hazard = malignant (0.7 (sev_ct - 0.75) / 0.13 + 0.7 (sev_wsi - 0.75) / 0.13)
+    + 0.15 (age - 60) / 10 - 1.0 (1 - malignant)`` [survival.*]; the severity
+    references are fixed constants at the population mean and sd, so a patient's
     hazard does not depend on the rest of the cohort. Event time
     ``T = 1300 (E / exp(log_hazard))^(1 / 1.3)`` days with ``E ~ Exp(1)``; censoring
     at ``C = min(Exp(mean 6000), U(1000, 3650))`` days (loss to follow-up,
@@ -52,7 +61,7 @@ Survival (proportional hazards, Weibull baseline)
 
 Labels (empty for benign tumours)
     ``isup_grade = 1 + #{c in (-1.3, 0.3, 2.0) : c < g}`` with
-    ``g = (f_wsi - 0.08) / 0.1 + 0.5 z + N(0, 0.5^2)`` (about 15/40/30/15%);
+    ``g = (sev_wsi - 0.75) / 0.13 + 0.5 z + N(0, 0.5^2)``;
     ``high_grade = [ISUP >= 3]``;
     ``aggressive ~ Bernoulli(sigmoid(-0.6 + 1.2 z + 0.6 (size_mm - 40) / 10))``
     (about 45%). ``tumour_size_mm`` is the largest diameter of the tumour mask.
@@ -60,12 +69,12 @@ Labels (empty for benign tumours)
 Files (paths in the manifest are relative to it)
     ``manifest.csv``, ``ct/{case}.nii.gz``, ``mask/{case}.nii.gz``,
     ``wsi/{case}.tif``, and the ground truth: ``truth/truth.csv`` (z, log_hazard,
-    pattern fractions and region counts, mask paths), ``truth/{case}_ct_pattern.nii.gz``
+    pattern fractions, region counts and severities, mask paths), ``truth/{case}_ct_pattern.nii.gz``
     (CT grid) and ``truth/{case}_wsi_pattern.png`` (255 = pattern, at
     ``wsi_pattern_downsample`` x level 0).
     ``slides=false`` writes a CT-only cohort: no ``wsi/`` files or slide truth, empty
-    ``wsi`` cells. The slide masks are still drawn (not painted), so ``f_wsi``, the
-    outcomes and the labels equal those of the same seed with slides.
+    ``wsi`` cells. The slide masks are still drawn (not painted), so the random
+    streams, outcomes and labels equal those of the same seed with slides.
 """
 
 from __future__ import annotations
@@ -135,10 +144,12 @@ class PatientDesign:
     sex: str
     n_ct_regions: int
     n_wsi_regions: int
+    ct_severity: float
+    wsi_severity: float
 
 
 def sample_design(rng: np.random.Generator, case_id: str, cfg: DictConfig) -> PatientDesign:
-    """Draw z, malignancy, age, sex and the number of planted regions per modality."""
+    """Draw z, malignancy, age, sex, and per modality the number and severity of planted regions."""
     cohort = cfg.cohort
     z = float(rng.standard_normal())
     malignant = bool(rng.random() < cohort.malignant_fraction)
@@ -149,12 +160,20 @@ def sample_design(rng: np.random.Generator, case_id: str, cfg: DictConfig) -> Pa
     # Counts are drawn for benign patients too, so every patient uses its stream alike.
     n_ct = _region_count(rng, drive_ct, cfg.ct_pattern)
     n_wsi = _region_count(rng, drive_wsi, cfg.wsi_pattern)
-    return PatientDesign(case_id, z, malignant, age, sex, n_ct * malignant, n_wsi * malignant)
+    return PatientDesign(case_id, z, malignant, age, sex, n_ct * malignant, n_wsi * malignant,
+                         _severity(drive_ct, cfg.ct_pattern) * malignant,
+                         _severity(drive_wsi, cfg.wsi_pattern) * malignant)
 
 
 def _region_count(rng: np.random.Generator, drive: float, pattern: DictConfig) -> int:
     probability = _sigmoid(pattern.count_intercept + pattern.count_slope * drive)
     return int(rng.binomial(pattern.max_regions, probability))
+
+
+def _severity(drive: float, pattern: DictConfig) -> float:
+    """How far a modality's pattern goes from normal tissue, in [severity_min, 1]."""
+    rise = _sigmoid(pattern.severity_intercept + pattern.severity_slope * drive)
+    return float(pattern.severity_min + (1 - pattern.severity_min) * rise)
 
 
 def _sigmoid(x):
@@ -176,12 +195,13 @@ class Outcome:
     aggressive: int | None
 
 
-def log_hazard(ct_fraction, wsi_fraction, age, malignant, cfg: DictConfig):
+def log_hazard(ct_severity, wsi_severity, age, malignant, cfg: DictConfig):
     """The true log-hazard; works on scalars and on arrays of patients."""
     s = cfg.survival
+    malignant_ = np.asarray(malignant, float)
     return (
-        s.b_ct * _standardise(ct_fraction, s.ct_fraction_ref)
-        + s.b_wsi * _standardise(wsi_fraction, s.wsi_fraction_ref)
+        malignant_ * s.b_ct * _standardise(ct_severity, s.ct_severity_ref)
+        + malignant_ * s.b_wsi * _standardise(wsi_severity, s.wsi_severity_ref)
         + s.b_age_per_decade * (np.asarray(age, float) - s.age_ref) / 10
         + s.b_benign * (1 - np.asarray(malignant, float))
     )
@@ -195,15 +215,13 @@ def _standardise(value, reference) -> np.ndarray:
 def sample_outcome(
     rng: np.random.Generator,
     design: PatientDesign,
-    ct_fraction: float,
-    wsi_fraction: float,
     tumour_size_mm: float,
     cfg: DictConfig,
 ) -> Outcome:
     """Draw survival from the known hazard, and the grade and aggressiveness labels."""
-    risk = float(log_hazard(ct_fraction, wsi_fraction, design.age, design.malignant, cfg))
+    risk = float(log_hazard(design.ct_severity, design.wsi_severity, design.age, design.malignant, cfg))
     time, event = _sample_survival(rng, risk, cfg.survival)
-    grade, aggressive = _sample_labels(rng, design, wsi_fraction, tumour_size_mm, cfg)
+    grade, aggressive = _sample_labels(rng, design, tumour_size_mm, cfg)
     if not design.malignant:
         return Outcome(risk, time, event, None, None, None)
     return Outcome(risk, time, event, grade, int(grade >= 3), aggressive)
@@ -217,11 +235,11 @@ def _sample_survival(rng: np.random.Generator, risk: float, s: DictConfig) -> tu
 
 
 def _sample_labels(
-    rng: np.random.Generator, design: PatientDesign, wsi_fraction: float, size_mm: float, cfg: DictConfig
+    rng: np.random.Generator, design: PatientDesign, size_mm: float, cfg: DictConfig
 ) -> tuple[int, int]:
     labels = cfg.labels
     score = (
-        labels.grade_wsi_coef * _standardise(wsi_fraction, cfg.survival.wsi_fraction_ref)
+        labels.grade_wsi_coef * _standardise(design.wsi_severity, cfg.survival.wsi_severity_ref)
         + labels.grade_z_coef * design.z
         + rng.normal(0, labels.grade_noise)
     )
@@ -292,10 +310,10 @@ def render_ct(rng: np.random.Generator, design: PatientDesign, cfg: DictConfig) 
     if not mask.any():
         raise ValueError(f"{design.case_id}: the tumour fell outside the body; enlarge ct.shape or ct.spacing")
     pattern = _ct_pattern_mask(rng, grid, spacing, mask, radius, design.n_ct_regions, cfg.ct_pattern)
-    _paint_tumour(rng, volume, mask, pattern, spacing, design.malignant, cfg)
+    _paint_tumour(rng, volume, mask, pattern, spacing, design.malignant, design.ct_severity, cfg)
     volume = ndimage.gaussian_filter(volume, cfg.ct.blur_mm / spacing)
     # The spots' local noise goes after the blur, so it stays sharp.
-    volume[pattern] += cfg.ct_pattern.noise_hu * rng.standard_normal(int(pattern.sum()))
+    volume[pattern] += design.ct_severity * cfg.ct_pattern.noise_hu * rng.standard_normal(int(pattern.sum()))
     volume += cfg.ct.noise_hu * rng.standard_normal(shape)
     image = np.clip(np.rint(volume), -1024, 3071).astype(np.int16)
     return CTCase(image, mask.astype(np.uint8), pattern.astype(np.uint8), tuple(spacing[::-1].tolist()))
@@ -378,8 +396,8 @@ def _ct_pattern_mask(rng, grid, spacing, mask, radius, n_regions, pattern: DictC
     return planted & mask
 
 
-def _paint_tumour(rng, volume, mask, pattern, spacing, malignant: bool, cfg: DictConfig) -> None:
-    """Fill the tumour with its textured attenuation and the pattern with its mean HU (in place)."""
+def _paint_tumour(rng, volume, mask, pattern, spacing, malignant: bool, severity: float, cfg: DictConfig) -> None:
+    """Fill the tumour with its textured attenuation and the pattern with its severity's HU (in place)."""
     t = cfg.tumour
     mean_hu = rng.uniform(*(t.malignant_hu if malignant else t.benign_hu))
     texture_hu = t.malignant_texture_hu if malignant else t.benign_texture_hu
@@ -387,7 +405,8 @@ def _paint_tumour(rng, volume, mask, pattern, spacing, malignant: bool, cfg: Dic
     texture = smooth_noise(rng, volume[box].shape, t.texture_scale_mm / spacing)
     inside = mask[box]
     volume[box][inside] = mean_hu + texture_hu * texture[inside]
-    volume[pattern] = cfg.ct_pattern.hu
+    # Severity 1 reaches ct_pattern.hu; lower severities stay nearer the tumour's own attenuation.
+    volume[pattern] = mean_hu + severity * (cfg.ct_pattern.hu - mean_hu)
 
 
 def max_diameter_mm(mask: np.ndarray, spacing_xyz) -> float:
@@ -428,7 +447,8 @@ def render_slide(rng: np.random.Generator, design: PatientDesign, cfg: DictConfi
     um_per_px = w.mpp * w.work_downsample
     tissue = _tissue_mask(rng, shape, um_per_px, w)
     pattern = _slide_pattern_mask(rng, tissue, design.n_wsi_regions, um_per_px, cfg.wsi_pattern)
-    return Slide(_paint_slide(rng, tissue, pattern, cfg) if paint else None, tissue, pattern)
+    painted = _paint_slide(rng, tissue, pattern, design.wsi_severity, cfg) if paint else None
+    return Slide(painted, tissue, pattern)
 
 
 def _tissue_mask(rng, shape: tuple[int, int], um_per_px: float, w: DictConfig) -> np.ndarray:
@@ -474,17 +494,20 @@ def _slide_pattern_mask(rng, tissue, n_regions: int, um_per_px: float, pattern: 
     return planted & tissue
 
 
-def _paint_slide(rng, tissue: np.ndarray, pattern: np.ndarray, cfg: DictConfig) -> np.ndarray:
-    """Level-0 RGB by Beer-Lambert mixing: smooth stain fields at work resolution, nuclei at full."""
+def _paint_slide(rng, tissue: np.ndarray, pattern: np.ndarray, severity: float, cfg: DictConfig) -> np.ndarray:
+    """Level-0 RGB by Beer-Lambert mixing: smooth stain fields at work resolution, nuclei at full.
+
+    The pattern's changes (cytoplasm, nuclear density, size, darkness) are scaled by ``severity``.
+    """
     w, p = cfg.wsi, cfg.wsi_pattern
     factor = w.work_downsample
     stain_cell = w.stain_scale_um / (w.mpp * factor)
     soft_tissue = ndimage.gaussian_filter(tissue.astype(np.float32), 1.0)
     soft_pattern = ndimage.gaussian_filter(pattern.astype(np.float32), 1.0)
     eosin = soft_tissue * w.eosin_od * _variation(rng, tissue.shape, stain_cell, w.stain_variation)
-    haematoxylin = soft_tissue * (w.cytoplasm_od + p.cytoplasm_od * soft_pattern)
+    haematoxylin = soft_tissue * (w.cytoplasm_od + severity * p.cytoplasm_od * soft_pattern)
     background = w.background_od * _variation(rng, tissue.shape, stain_cell, w.background_variation)
-    nuclei = _nuclei_od(rng, tissue, pattern, cfg)
+    nuclei = _nuclei_od(rng, tissue, pattern, severity, cfg)
     # Transmission factorises: exp(-(smooth + nuclei)) = exp(-smooth) * exp(-nuclei), so the
     # smooth part is exponentiated at work resolution and broadcast over each block.
     blocks = nuclei.reshape(tissue.shape[0], factor, tissue.shape[1], factor)
@@ -504,13 +527,16 @@ def _variation(rng, shape: tuple[int, int], cell: float, amount: float) -> np.nd
     return np.maximum(1 + amount * smooth_noise(rng, shape, cell), 0)
 
 
-def _nuclei_od(rng, tissue: np.ndarray, pattern: np.ndarray, cfg: DictConfig) -> np.ndarray:
+def _nuclei_od(rng, tissue: np.ndarray, pattern: np.ndarray, severity: float, cfg: DictConfig) -> np.ndarray:
     """Level-0 haematoxylin density of nuclei drawn as an inhomogeneous Poisson process."""
     w, p = cfg.wsi, cfg.wsi_pattern
+    # Each pattern factor moves from 1 (normal) to its configured value as severity goes to 1.
+    density_factor, nucleus_scale, haematoxylin_factor = (
+        1 + severity * (f - 1) for f in (p.nuclei_density_factor, p.nucleus_scale, p.haematoxylin_factor))
     factor = w.work_downsample
     per_cell = w.nuclei_per_mm2 * (w.mpp * 1e-3 * factor) ** 2
     modulation = np.exp(w.nuclei_variation * smooth_noise(rng, tissue.shape, w.stain_scale_um / (w.mpp * factor)))
-    density = tissue * per_cell * modulation * np.where(pattern, p.nuclei_density_factor, 1.0)
+    density = tissue * per_cell * modulation * np.where(pattern, density_factor, 1.0)
     cells = np.repeat(np.arange(density.size), rng.poisson(density).ravel())
     rows, cols = np.divmod(cells, tissue.shape[1])
     ys = rows * factor + rng.integers(0, factor, cells.size)
@@ -518,10 +544,10 @@ def _nuclei_od(rng, tissue: np.ndarray, pattern: np.ndarray, cfg: DictConfig) ->
     in_pattern = pattern.ravel()[cells]
     radius_px = w.nucleus_radius_um / w.mpp
     kernels = _nucleus_bank(rng, radius_px, w.nucleus_jitter, w.kernel_bank) + _nucleus_bank(
-        rng, radius_px * p.nucleus_scale, p.nucleus_jitter, w.kernel_bank
+        rng, radius_px * nucleus_scale, p.nucleus_jitter, w.kernel_bank
     )
     kernel_ids = rng.integers(0, w.kernel_bank, cells.size) + w.kernel_bank * in_pattern
-    intensity = w.haematoxylin_od * rng.uniform(0.8, 1.1, cells.size) * np.where(in_pattern, p.haematoxylin_factor, 1.0)
+    intensity = w.haematoxylin_od * rng.uniform(0.8, 1.1, cells.size) * np.where(in_pattern, haematoxylin_factor, 1.0)
     shape = (tissue.shape[0] * factor, tissue.shape[1] * factor)
     return _stamp(shape, ys, xs, kernel_ids, kernels, intensity)
 
@@ -592,10 +618,10 @@ def generate_case(root: Path, case_id: str, seed: np.random.SeedSequence, cfg: D
     design_rng, ct_rng, slide_rng, outcome_rng = (np.random.default_rng(s) for s in seed.spawn(4))
     design = sample_design(design_rng, case_id, cfg)
     ct = render_ct(ct_rng, design, cfg)
-    # Without slides the masks are still drawn: the outcomes depend on the slide's pattern fraction.
+    # Without slides the masks are still drawn, so the random streams match the full cohort's.
     slide = render_slide(slide_rng, design, cfg, paint=cfg.slides)
     size_mm = max_diameter_mm(ct.mask, ct.spacing)
-    outcome = sample_outcome(outcome_rng, design, ct.pattern_fraction, slide.pattern_fraction, size_mm, cfg)
+    outcome = sample_outcome(outcome_rng, design, size_mm, cfg)
 
     files = {"ct": f"ct/{case_id}.nii.gz", "mask": f"mask/{case_id}.nii.gz", "wsi": ""}
     truth_files = {"ct_pattern": f"{case_id}_ct_pattern.nii.gz", "wsi_pattern": ""}
@@ -632,6 +658,8 @@ def generate_case(root: Path, case_id: str, seed: np.random.SeedSequence, cfg: D
         "wsi_pattern_fraction": round(slide.pattern_fraction, 6),
         "n_ct_regions": design.n_ct_regions,
         "n_wsi_regions": design.n_wsi_regions,
+        "ct_severity": round(design.ct_severity, 6),
+        "wsi_severity": round(design.wsi_severity, 6),
         **truth_files,
         "wsi_pattern_downsample": w.truth_downsample,
     }
