@@ -14,6 +14,7 @@ import hydra
 from omegaconf import DictConfig
 
 from radiopath import config  # noqa: F401  (registers the ${dirname:} resolver)
+from radiopath.classification.parallel import limited_threads
 from radiopath.classification.stage import run_stage
 from radiopath.repro import run_record
 
@@ -21,7 +22,7 @@ from radiopath.repro import run_record
 @hydra.main(version_base="1.3", config_path="../conf", config_name="classify")
 def main(cfg: DictConfig) -> None:
     """Evaluate ``cfg.pipelines`` on ``cfg.task`` and write tables, figures and report.html."""
-    with run_record("classify", cfg, cfg.output_dir) as record:
+    with run_record("classify", cfg, cfg.output_dir) as record, limited_threads(cfg.threads):
         task, evaluation, out = run_stage(cfg)
         record.input(cfg.data.manifest, "cohort manifest")
         record.input(out / "splits.csv", "splits")

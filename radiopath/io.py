@@ -93,3 +93,13 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> None:
     """Write a text file atomically."""
     with atomic_write(path, "w") as handle:
         handle.write(text)
+
+
+def atomic_save_figure(fig, path: str | os.PathLike, dpi: int) -> Path:
+    """Save a matplotlib figure as PNG atomically, close it, and return ``path``."""
+    import matplotlib.pyplot as plt  # here, so that importing radiopath.io does not load matplotlib
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)

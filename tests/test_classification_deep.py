@@ -12,9 +12,15 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
+from torchvision.models import resnet18
+
 from radiopath.classification import build_pipeline, ct_inputs
 from radiopath.classification.losses import FocalLoss, NTXentLoss, SupConLoss
-from radiopath.classification.nets import CNN3d
+from radiopath.classification.nets import CNN3d, resnet_encoder
+from radiopath.classification.pipelines.rgcnn import RGCNNPipeline
+from radiopath.classification.run import PipelineSpec, evaluate
+from radiopath.classification.sharing import shared_fits
+from radiopath.classification.splits import make_splits
 from radiopath.data.demo_cohort import make_demo_cohort
 from radiopath.data.manifest import load_manifest
 
@@ -98,6 +104,16 @@ def test_cnn_radiomics_count_is_the_sum_of_the_widths():
     assert encoder.map_sums(torch.rand(2, 6, 16, 16, 16)).shape == (2, 96)
 
 
+def test_resnet_blocks_give_resnet18_by_default_and_smaller_nets_on_request():
+    count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
+    reference = resnet18(weights=None)
+    assert count(resnet_encoder(3)) == count(reference) - count(reference.fc)
+    small = resnet_encoder(1, (1, 1, 1, 1))
+    assert count(small) < 0.5 * count(resnet_encoder(1)) and small(torch.rand(2, 1, 24, 24)).shape == (2, 512)
+    with pytest.raises(ValueError, match="four counts"):
+        resnet_encoder(1, (2, 2))
+
+
 # --------------------------------------------------------------------------- inputs
 
 
@@ -162,3 +178,37 @@ def test_fits_depend_on_random_state_only_and_leave_no_global_state(cohort, tmp_
     second = build_pipeline("rgcnn", random_state=5, **kwargs).fit(train, train["malignant"].to_numpy())
     # Equal up to float summation order (CPU convolutions may split work across threads differently).
     np.testing.assert_allclose(first.predict_proba(test), second.predict_proba(test), rtol=1e-5)
+
+
+def test_cnn_radiomics_pipelines_reuse_the_rgcnn_of_their_fold(cohort, tmp_path, monkeypatch):
+    train, test = cohort
+    cases = pd.concat([train, test], ignore_index=True)
+    splits = make_splits(cases["case_id"], cases["malignant"].to_numpy(), 0.25, 2, seed=0)
+    rgcnn = {**VOLUME, "epochs": 2, "cache_dir": str(tmp_path)}
+    cr = {"rgcnn": {"pipeline": "rgcnn", "kwargs": rgcnn}, "pca_components": 3, "classifier": {"n_estimators": 20}}
+    trainings = []
+    original = RGCNNPipeline._train
+    monkeypatch.setattr(RGCNNPipeline, "_train", lambda self, c, y: trainings.append(1) or original(self, c, y))
+    specs = [PipelineSpec("rgcnn", "rgcnn", rgcnn), PipelineSpec("cr_rf", "cr_rf", cr),
+             PipelineSpec("cr_tr_rf", "cr_tr_rf", cr)]
+    together = evaluate(specs, cases, splits, seed=0, test_model="ensemble", show_progress=False)
+    assert together.failures == [] and len(trainings) == 2  # one RGCNN per fold for all three
+    alone = evaluate(specs[1:2], cases, splits, seed=0, test_model="ensemble", show_progress=False)
+    assert len(trainings) == 4
+    shared = together.predictions[together.predictions["pipeline"] == "cr_rf"].reset_index(drop=True)
+    np.testing.assert_allclose(shared["p"], alone.predictions["p"], atol=1e-6)
+
+
+def test_simclr_pipelines_share_one_encoder_inside_a_fold_only(cohort, tmp_path):
+    train, test = cohort
+    kwargs = {**PIPELINES["simclr_mlp"], "cache_dir": str(tmp_path)}
+    y = train["malignant"].to_numpy()
+    with shared_fits():
+        rf = build_pipeline("simclr_rf", random_state=3, **kwargs).fit(train, y)
+        mlp = build_pipeline("simclr_mlp", random_state=3, **kwargs).fit(train, y)
+        other_seed = build_pipeline("simclr_mlp", random_state=4, **kwargs).fit(train, y)
+    assert rf.simclr_ is mlp.simclr_ and other_seed.simclr_ is not mlp.simclr_
+    np.testing.assert_array_equal(rf.embeddings(test), mlp.embeddings(test))
+    unshared = build_pipeline("simclr_mlp", random_state=3, **kwargs).fit(train, y)
+    assert unshared.simclr_ is not mlp.simclr_
+    np.testing.assert_allclose(unshared.embeddings(test), mlp.embeddings(test), rtol=1e-4, atol=1e-5)

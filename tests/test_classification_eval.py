@@ -5,15 +5,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import SimpleITK as sitk
+import torch
 from hydra import compose, initialize_config_dir
 from scipy import stats
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from radiopath.classification.base import CasePipeline, register_pipeline
 from radiopath.classification.calibration import calibration_table
 from radiopath.classification.delong import delong_covariance, delong_test
-from radiopath.classification.metrics import score_predictions, youden_threshold
+from radiopath.classification.metrics import bootstrap_weights, metric_functions, score_predictions, youden_threshold
+from radiopath.classification.parallel import limited_threads
 from radiopath.classification.run import PipelineSpec, evaluate
+from radiopath.classification.sharing import fit_once, shared_fits
 from radiopath.classification.splits import TEST, make_splits
 from radiopath.classification.stage import pipeline_specs, run_stage
 from radiopath.classification.tasks import load_task
@@ -38,6 +42,19 @@ class SpyPipeline(CasePipeline):
     def predict_proba(self, cases):
         CALLS.append(("predict", list(cases["case_id"])))
         return 1 / (1 + np.exp(-self.slope * (cases["tumour_size_mm"].to_numpy() - self.mean_) / self.std_))
+
+
+TRAININGS: list[str] = []  # the shared sub-fits of every SharedFitPipeline that actually ran
+
+
+@register_pipeline("test_shared_fit")
+class SharedFitPipeline(SpyPipeline):
+    """The spy, plus a sub-fit shared through fit_once (keyed by the training cases) that records each run."""
+
+    def fit(self, cases, y):
+        key = {"fit": "test", "cases": list(cases["case_id"])}
+        self.sub_ = fit_once(key, lambda: TRAININGS.append(str(key)) or len(TRAININGS))
+        return super().fit(cases, y)
 
 
 def structural_components_direct(y, scores):
@@ -161,6 +178,33 @@ def test_youden_threshold_and_thresholded_metrics():
     assert (table["ci_low"] <= table["value"]).all() and (table["value"] <= table["ci_high"]).all()
 
 
+def test_vectorised_bootstrap_metrics_equal_the_resampled_scikit_learn_ones():
+    rng = np.random.default_rng(5)
+    y = (rng.random(40) < 0.4).astype(int)
+    p = np.round(np.clip(0.3 * y + rng.random(40) * 0.7, 0, 1), 1)  # many ties
+    weights = bootstrap_weights(y, 60, seed=2)
+    assert weights.shape[1] == 40 and (weights.sum(axis=1) == 40).all()
+    metrics = metric_functions(threshold=0.5)
+    for b in range(len(weights)):
+        index = np.repeat(np.arange(40), weights[b].astype(int))  # the resample as case indices
+        yb, pb = y[index], p[index]
+        assert metrics["roc_auc"](weights[b:b + 1], y, p)[0] == pytest.approx(roc_auc_score(yb, pb))
+        assert metrics["pr_auc"](weights[b:b + 1], y, p)[0] == pytest.approx(average_precision_score(yb, pb))
+        predicted = pb >= 0.5
+        assert metrics["sensitivity"](weights[b:b + 1], y, p)[0] == pytest.approx(predicted[yb == 1].mean())
+        assert metrics["accuracy"](weights[b:b + 1], y, p)[0] == pytest.approx((predicted == yb).mean())
+        assert metrics["brier"](weights[b:b + 1], y, p)[0] == pytest.approx(np.mean((pb - yb) ** 2))
+
+
+def test_bootstrap_skips_one_class_resamples_and_keeps_the_seeded_draws():
+    y = np.array([1, 0, 0, 0, 0, 0])
+    weights = bootstrap_weights(y, 300, seed=0)
+    assert len(weights) < 300 and (weights[:, 0] > 0).all() and (weights[:, 1:].sum(axis=1) > 0).all()
+    rng = np.random.default_rng(0)  # the same resamples as one draw per resample from the seed
+    first = next(index for index in (rng.integers(0, 6, 6) for _ in range(300)) if 0 < y[index].sum() < 6)
+    np.testing.assert_array_equal(weights[0], np.bincount(first, minlength=6))
+
+
 def test_calibration_bins_and_bootstrap_intervals():
     y = np.array([0, 0, 1, 0, 1, 1, 1, 1])
     p = np.array([0.05, 0.1, 0.15, 0.55, 0.6, 0.95, 1.0, 0.97])
@@ -169,6 +213,33 @@ def test_calibration_bins_and_bootstrap_intervals():
     assert table.loc[0, "observed"] == pytest.approx(1 / 3) and table.loc[1, "observed"] == pytest.approx(0.8)
     assert table.loc[1, "mean_predicted"] == pytest.approx(np.mean([0.55, 0.6, 0.95, 1.0, 0.97]))
     assert table.loc[0, "ci_low"] == 0.0 and table.loc[0, "ci_high"] <= 1.0
+
+
+def test_shared_fits_train_once_per_fold_and_key_only_inside_the_block():
+    cases, y = _clinical_cases()
+    splits = make_splits(cases["case_id"], y, 0.25, 4, seed=2)
+    TRAININGS.clear()
+    specs = [PipelineSpec("a", "test_shared_fit"), PipelineSpec("b", "test_shared_fit", {"slope": 2.0})]
+    result = evaluate(specs, cases, splits, seed=0, test_model="refit", show_progress=False)
+    assert result.failures == [] and len(TRAININGS) == 5  # 4 folds + the refit, each shared by a and b
+    assert len(set(TRAININGS)) == 5
+    with shared_fits():
+        assert fit_once({"k": 1}, lambda: object()) is fit_once({"k": 1}, lambda: object())
+        assert fit_once({"k": 1}, lambda: 1) != fit_once({"k": 2}, lambda: 2)
+    assert fit_once({"k": 1}, lambda: object()) is not fit_once({"k": 1}, lambda: object())
+
+
+def test_limited_threads_sets_and_restores_torch_and_simpleitk():
+    torch_before, itk_before = torch.get_num_threads(), sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    with limited_threads(1):
+        assert torch.get_num_threads() == 1 and sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == 1
+    assert torch.get_num_threads() == torch_before
+    assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == itk_before
+    with limited_threads(None):
+        assert torch.get_num_threads() == torch_before
+    with pytest.raises(ValueError, match="threads"):
+        with limited_threads(0):
+            pass
 
 
 def _write_manifest(path: Path, rows: list[dict]) -> Path:
@@ -235,6 +306,28 @@ def test_experiments_compose_task_and_pipelines(task):
     assert [(s.label, s.name) for s in specs] == [("tr_rf", "tr_rf"), ("tr_xgb", "tr_xgb")]
     assert specs[0].kwargs["radiomics"]["image_types"] == ["Original", "Wavelet", "LoG"]
     assert specs[0].kwargs["classifier"] == {"n_estimators": 100, "max_depth": 10, "n_jobs": 1}
+
+
+def test_demo_experiments_are_the_paper_pipelines_at_demo_size():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        paper = compose("classify", overrides=["experiment_classify=malignancy_deep"])
+        demo = compose("classify", overrides=["experiment_classify=malignancy_deep_demo"])
+        tr_demo = compose("classify", overrides=["experiment_classify=grade_tr", "classify/radiomics=demo"])
+    paper_specs, demo_specs = pipeline_specs(paper), pipeline_specs(demo)
+    assert [s.name for s in demo_specs] == [s.name for s in paper_specs] and len(demo_specs) == 6
+    demo_kwargs = {s.label: s.kwargs for s in demo_specs}
+    assert demo.name == "malignancy_deep_demo" and demo.evaluation.n_folds == 3
+    assert demo_kwargs["simclr_rf"]["resnet_blocks"] == [1, 1, 1, 1]
+    assert {s.label: s.kwargs for s in paper_specs}["simclr_rf"]["resnet_blocks"] == [2, 2, 2, 2]
+    # One RGCNN for rgcnn, cr_rf and cr_tr_rf; one SimCLR encoder for both SimCLR pipelines.
+    rgcnn = demo_kwargs["rgcnn"]
+    assert demo_kwargs["cr_rf"]["rgcnn"]["kwargs"] == rgcnn == demo_kwargs["cr_tr_rf"]["rgcnn"]["kwargs"]
+    simclr = {k: v for k, v in demo_kwargs["simclr_rf"].items() if not k.startswith(("rf_", "mlp_"))}
+    assert simclr == {k: v for k, v in demo_kwargs["simclr_mlp"].items() if not k.startswith(("rf_", "mlp_"))}
+    # Every input on the demo radiomics' 2 mm grid, the TR tasks' radiomics the same as the deep ones'.
+    assert {rgcnn["spacing_mm"], rgcnn["radiomics"]["spacing_mm"], demo_kwargs["multiphase"]["spacing_mm"]} == {2.0}
+    assert pipeline_specs(tr_demo)[0].kwargs["radiomics"] == rgcnn["radiomics"]
+    assert rgcnn["radiomics"]["image_types"] == ["Original", "LoG"]
 
 
 def test_stage_with_every_pipeline_failing_still_reports(tmp_path):

@@ -1,5 +1,6 @@
 """Traditional radiomics pipelines on a small demo cohort: fitted steps see training rows only, and TR beats chance."""
 
+import functools
 import json
 import subprocess
 import sys
@@ -12,12 +13,15 @@ import SimpleITK as sitk
 from imblearn.over_sampling import SMOTE
 from sklearn.metrics import roc_auc_score
 
+from radiopath.classification import ct_inputs
 from radiopath.classification.base import build_pipeline
 from radiopath.classification.run import PipelineSpec, evaluate
 from radiopath.classification.splits import TEST, make_splits
 from radiopath.classification.tasks import load_task
 from radiopath.data.demo_cohort import make_demo_cohort
+from radiopath.data.readers import read_ct
 from radiopath.errors import CaseError
+from radiopath.preprocess.ct import preprocess_ct
 
 # Small CTs and slides keep the cohort quick to draw; the radiomics are cheap ones on the original image.
 TINY = {
@@ -82,6 +86,54 @@ def test_tr_beats_chance_on_demo_malignancy(task, radiomics, name):
     # Out-of-fold AUC over the 24 non-test patients: benign demo tumours are small and fat-containing.
     cv = predictions[predictions["split"] == "cv"]
     assert roc_auc_score(cv["y"], cv["p"]) > 0.8
+
+
+@pytest.mark.parametrize("crop", [{"crop": "margin", "margin_mm": 4.0}, {"crop": "fixed", "crop_size": (80, 80, 12)}])
+def test_prepared_case_equals_preprocess_ct_and_is_read_once_per_case_when_shared(task, crop, monkeypatch):
+    row = ct_inputs.rows(task.cases)[0]
+    settings = {"spacing_mm": 1.6, "hu_window": (-500, 500), **crop}
+    direct = preprocess_ct(row["case_id"], read_ct(row["ct"], "x"), read_ct(row["mask"], "x"),
+                           normalisation="hu_window", **settings)  # 80 voxels leave the 64-voxel volume: padding
+    reads = []
+    monkeypatch.setattr(ct_inputs, "read_ct", lambda path, case_id: reads.append(path) or read_ct(path, case_id))
+    with ct_inputs._shared_volumes():
+        ours = [ct_inputs.prepare_case(row, **settings) for _ in range(2)]
+    assert len(reads) == 2  # CT and mask, once for both crops
+    for prepared in ours:
+        np.testing.assert_array_equal(prepared.image_array(), direct.image_array())
+        np.testing.assert_array_equal(prepared.mask_array(), direct.mask_array())
+        assert prepared.image.GetOrigin() == direct.image.GetOrigin()
+    ct_inputs.prepare_case(row, **settings)
+    assert len(reads) == 4  # outside prepare_inputs nothing is kept
+
+
+def test_prepare_inputs_computes_pending_inputs_only(task, tmp_path):
+    row = ct_inputs.rows(task.cases)[0]
+    tr = functools.partial(ct_inputs.scalar_radiomics, **{**RADIOMICS, "cache_dir": str(tmp_path)})
+    volume = functools.partial(ct_inputs.tumour_volume, spacing_mm=1.6, crop_size=16, cache_dir=str(tmp_path))
+    uncached = functools.partial(ct_inputs.tumour_slices, spacing_mm=1.6, size=16, depth=8, cache_dir=None)
+    assert ct_inputs.pending(tr, row) and ct_inputs.pending(volume, row) and not ct_inputs.pending(uncached, row)
+    assert not list(tmp_path.rglob("*.npz"))  # asking computes nothing
+    assert ct_inputs.prepare_inputs(row, [tr, volume, uncached]) == []
+    assert len(list(tmp_path.rglob("*.npz"))) == 2 and not ct_inputs.pending(tr, row)
+    np.testing.assert_array_equal(tr(row)["values"], ct_inputs.scalar_radiomics(row, **RADIOMICS)["values"])
+    broken = functools.partial(ct_inputs.tumour_volume, spacing_mm=1.6, crop_size=16, cache_dir=str(tmp_path),
+                               map_features={"glcm": ["NoSuchFeature"]})
+    errors = ct_inputs.prepare_inputs(row, [broken])
+    assert len(errors) == 1 and row["case_id"] in errors[0] and "NoSuchFeature" in errors[0]
+
+
+def test_parallel_evaluation_equals_the_single_process_one(task, tmp_path):
+    splits = make_splits(task.cases["case_id"], task.y, test_fraction=0.2, n_folds=3, seed=0)
+    radiomics = {**RADIOMICS, "cache_dir": str(tmp_path)}  # a cold cache: the inputs are computed in the workers
+    specs = [PipelineSpec(name, name, {"radiomics": radiomics, **SMALL, "classifier": {"n_estimators": 20}})
+             for name in ("tr_rf", "tr_xgb")]
+    parallel = evaluate(specs, task.cases, splits, seed=0, test_model="ensemble", show_progress=False, jobs=2)
+    assert len(list(tmp_path.rglob("*.npz"))) == len(task.cases)
+    single = evaluate(specs, task.cases, splits, seed=0, test_model="ensemble", show_progress=False, jobs=1)
+    assert parallel.failures == single.failures == []
+    pd.testing.assert_frame_equal(parallel.predictions, single.predictions)
+    pd.testing.assert_frame_equal(parallel.thresholds, single.thresholds)
 
 
 def test_an_unusable_case_is_named(task, radiomics, tmp_path):

@@ -10,6 +10,7 @@ can guarantee that nothing is fitted outside the training part: it only ever cal
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from typing import Callable
 
 import numpy as np
@@ -33,6 +34,11 @@ class CasePipeline(ABC):
     @abstractmethod
     def predict_proba(self, cases: pd.DataFrame) -> np.ndarray:
         """P(y = 1) for each case, shape (n,)."""
+
+    def input_functions(self) -> list[Callable[[Mapping], object]]:
+        """Per-case inputs that nothing is fitted to (each ``f(row)``, cached on disk), so the
+        evaluation can compute them for every case up front, in parallel; none by default."""
+        return []
 
 
 _PIPELINES: dict[str, Callable[..., CasePipeline]] = {}

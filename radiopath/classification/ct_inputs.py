@@ -14,25 +14,33 @@ None of these is fitted to a cohort: a case's arrays depend only on its files an
 settings, so they are cached per case under ``cache_dir/{kind}/``, keyed by a hash of
 the settings and of each input file's path, size and modification time. Changing a
 setting or a file recomputes; ``cache_dir=None`` disables the cache.
+
+:func:`prepare_inputs` computes several inputs of one case together: inside it the CT is
+read, resampled and normalised once per spacing and window, whatever crops the inputs
+cut from it, and inputs already in their cache (or without one) are skipped (:func:`pending`).
 """
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import hashlib
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import SimpleITK as sitk
 from scipy import ndimage
 
 from radiopath.data.readers import read_ct
 from radiopath.encoders.radiomics import radiomics_maps, radiomics_scalar
 from radiopath.errors import CaseError
 from radiopath.io import atomic_write
-from radiopath.preprocess.ct import PreparedCT, preprocess_ct
+from radiopath.preprocess.ct import PreparedCT, crop_fixed, crop_margin, preprocess_ct
 
 # Five voxel-based maps: local intensity level, spread and disorder plus two GLCM textures.
 DEFAULT_MAP_FEATURES = {"firstorder": ["Mean", "Variance", "Entropy"], "glcm": ["Contrast", "JointEnergy"]}
@@ -49,15 +57,56 @@ def prepare_case(
     margin_mm: float = 10.0,
     min_component_voxels: int = 100,
 ) -> PreparedCT:
-    """Read the ``column`` image and the mask of one manifest row and preprocess them."""
+    """Read the ``column`` image and the mask of one manifest row and preprocess them.
+
+    The same as :func:`radiopath.preprocess.ct.preprocess_ct` with these settings: the
+    whole isotropic volume (:func:`_isotropic`, shared inside :func:`prepare_inputs`)
+    is cut like ``preprocess_ct`` cuts it.
+    """
+    if crop not in ("margin", "fixed"):
+        raise ValueError(f"crop must be 'margin' or 'fixed', got {crop!r}")
+    if len(crop_size) != 3 or min(crop_size) < 1:
+        raise ValueError(f"crop_size must be three positive voxel counts (x, y, z), got {list(crop_size)}")
+    whole, air = _isotropic(row, column, spacing_mm, tuple(hu_window), min_component_voxels)
+    if crop == "margin":
+        image, mask = crop_margin(whole.image, whole.mask, margin_mm)
+    else:
+        image, mask = crop_fixed(whole.image, whole.mask, tuple(crop_size), pad_value=air)
+    return PreparedCT(case_id=whole.case_id, image=image, mask=mask)
+
+
+# The isotropic volumes of the case inside prepare_inputs, keyed by files and settings; None outside.
+_VOLUMES: contextvars.ContextVar[dict | None] = contextvars.ContextVar("isotropic_volumes", default=None)
+
+
+def _isotropic(row: Mapping, column: str, spacing_mm: float, hu_window: tuple, min_component_voxels: int
+               ) -> tuple[PreparedCT, float]:
+    """The whole resampled, normalised volume with its largest tumour component, and its minimum (air)."""
+    key = (str(row[column]), str(row["mask"]), float(spacing_mm), tuple(float(h) for h in hu_window),
+           int(min_component_voxels))
+    volumes = _VOLUMES.get()
+    if volumes is not None and key in volumes:
+        return volumes[key]
     case_id = str(row["case_id"])
     image = read_ct(row[column], case_id)
     mask = read_ct(row["mask"], case_id)
-    return preprocess_ct(
-        case_id, image, mask,
-        spacing_mm=spacing_mm, normalisation="hu_window", hu_window=tuple(hu_window),
-        min_component_voxels=min_component_voxels, crop=crop, margin_mm=margin_mm, crop_size=tuple(crop_size),
+    # A margin as large as the volume's physical extent keeps every voxel: no crop.
+    extent = max(size * spacing for size, spacing in zip(image.GetSize(), image.GetSpacing()))
+    whole = preprocess_ct(
+        case_id, image, mask, spacing_mm=spacing_mm, normalisation="hu_window", hu_window=hu_window,
+        min_component_voxels=min_component_voxels, crop="margin", margin_mm=extent,
     )
+    result = (whole, float(sitk.GetArrayViewFromImage(whole.image).min()))
+    if volumes is not None:
+        volumes[key] = result
+    return result
+
+
+class _Pending(Exception):
+    """Raised by :func:`cached` while :func:`pending` asks about an entry its cache lacks."""
+
+
+_PROBING: contextvars.ContextVar[bool] = contextvars.ContextVar("probing_cache", default=False)
 
 
 def cached(
@@ -66,10 +115,14 @@ def cached(
 ) -> dict[str, np.ndarray]:
     """``compute()`` for one case, read from / written to ``cache_dir/kind`` when given."""
     if cache_dir is None:
-        return compute()
+        return {} if _PROBING.get() else compute()
     stamp = {"settings": settings, "files": [_file_stamp(row[column]) for column in files]}
     key = hashlib.sha256(json.dumps(stamp, sort_keys=True, default=str).encode()).hexdigest()[:20]
     path = Path(cache_dir) / kind / f"{row['case_id']}-{key}.npz"
+    if _PROBING.get():
+        if not path.is_file():
+            raise _Pending
+        return {}
     if path.is_file():
         with np.load(path) as stored:
             return dict(stored)
@@ -78,6 +131,50 @@ def cached(
     with atomic_write(path) as handle:
         np.savez(handle, **arrays)
     return arrays
+
+
+def pending(function: Callable[[Mapping], object], row: Mapping) -> bool:
+    """Whether computing the per-case input ``function(row)`` now would fill its cache.
+
+    True only when ``function`` (built on :func:`cached`) has a cache that lacks this case
+    and these settings; nothing is computed or read to find out.
+    """
+    token = _PROBING.set(True)
+    try:
+        function(row)
+        return False
+    except _Pending:
+        return True
+    finally:
+        _PROBING.reset(token)
+
+
+@contextmanager
+def _shared_volumes() -> Iterator[None]:
+    """Inside the block a case is read and resampled once per file, spacing and window."""
+    token = _VOLUMES.set({})
+    try:
+        yield
+    finally:
+        _VOLUMES.reset(token)
+
+
+def prepare_inputs(row: Mapping, functions: Sequence[Callable[[Mapping], object]]) -> list[str]:
+    """Compute the inputs ``functions`` of one case that are :func:`pending`, sharing its preprocessing.
+
+    Returns the errors (one line each); a failing input is left for the pipeline that needs
+    it to report in its own context.
+    """
+    errors = []
+    with _shared_volumes():
+        for function in functions:
+            if not pending(function, row):
+                continue
+            try:
+                function(row)
+            except Exception as err:  # the pipeline that needs it recomputes it and reports it
+                errors.append(f"case {row['case_id']}: {type(err).__name__}: {err}")
+    return errors
 
 
 def _file_stamp(value: str) -> list:
@@ -175,12 +272,22 @@ def scalar_radiomics(
     def compute() -> dict[str, np.ndarray]:
         ct = prepare_case(row, column, spacing_mm=spacing_mm, hu_window=hu_window, crop="margin",
                           margin_mm=margin_mm)
-        encoder = radiomics_scalar(features=features, image_types=image_types, log_sigma=log_sigma,
-                                   bin_count=bin_count)
+        encoder = _scalar_encoder(json.dumps([features, list(image_types), list(log_sigma), bin_count]))
         values, _ = encoder.encode(ct)
         return {"values": values[0], "names": np.array(encoder.feature_names)}
 
     return cached(cache_dir, "scalar_radiomics", row, [column, "mask"], settings, compute)
+
+
+@functools.lru_cache(maxsize=None)
+def _scalar_encoder(settings: str):
+    """One pyradiomics scalar encoder per settings (JSON of features, image types, sigmas, bins) and process.
+
+    Building one runs pyradiomics on a probe image to learn the feature names, which
+    costs about as much as a small case.
+    """
+    features, image_types, log_sigma, bin_count = json.loads(settings)
+    return radiomics_scalar(features=features, image_types=image_types, log_sigma=log_sigma, bin_count=bin_count)
 
 
 def tumour_slices(

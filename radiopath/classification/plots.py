@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from radiopath.report.plots import save_figure  # noqa: E402
+from radiopath.io import atomic_save_figure  # noqa: E402
 
 
 def plot_roc(predictions: pd.DataFrame, metrics: pd.DataFrame, path: Path, title: str, dpi: int) -> Path:
@@ -26,7 +26,7 @@ def plot_roc(predictions: pd.DataFrame, metrics: pd.DataFrame, path: Path, title
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title, xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower right", fontsize=8, title="AUC [95% CI]")
-    return save_figure(fig, path, dpi)
+    return atomic_save_figure(fig, path, dpi)
 
 
 def plot_calibration(calibration: pd.DataFrame, brier: pd.Series, path: Path, title: str, dpi: int) -> Path:
@@ -40,4 +40,4 @@ def plot_calibration(calibration: pd.DataFrame, brier: pd.Series, path: Path, ti
     ax.set(xlabel="mean predicted probability", ylabel="observed fraction positive", title=title,
            xlim=(0, 1), ylim=(-0.02, 1.02))
     ax.legend(loc="upper left", fontsize=8)
-    return save_figure(fig, path, dpi)
+    return atomic_save_figure(fig, path, dpi)

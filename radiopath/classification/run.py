@@ -5,6 +5,12 @@ Per pipeline and CV fold, a fresh pipeline is ``fit`` on the other folds' cases 
 the mean of the fold models (``ensemble``) or by one model refitted on every non-test
 case (``refit``). Test cases never reach ``fit``, and a fold's cases never reach the
 ``fit`` that scores them, so whatever a pipeline fits stays inside its training part.
+
+Before any fit, the per-case inputs the pipelines declare (:meth:`CasePipeline.input_functions`:
+crops, radiomics, slices; nothing fitted) are computed for every case that lacks them,
+in parallel over cases. Then each fold fits every pipeline in turn, inside
+:func:`~radiopath.classification.sharing.shared_fits` so pipelines built on the same
+sub-model train it once; folds run in parallel over ``jobs`` processes.
 """
 
 from __future__ import annotations
@@ -18,8 +24,11 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
+from radiopath.classification import ct_inputs
 from radiopath.classification.base import CasePipeline, build_pipeline
 from radiopath.classification.metrics import youden_threshold
+from radiopath.classification.parallel import run_jobs
+from radiopath.classification.sharing import shared_fits
 from radiopath.classification.splits import TEST
 
 log = logging.getLogger(__name__)
@@ -44,6 +53,16 @@ class Evaluation:
     failures: list[tuple[str, str]]  # (pipeline, error)
 
 
+@dataclass(frozen=True)
+class Fit:
+    """One training part: ``fold`` it leaves out (``TEST`` for the refit), seed, and the scored parts."""
+
+    fold: int
+    seed: int
+    train: np.ndarray  # bool per case
+    scored: tuple[np.ndarray, ...]  # bool per case: the held-out fold (and the test part), or the test part
+
+
 def _check_proba(label: str, p, n: int) -> np.ndarray:
     p = np.asarray(p, dtype=float)
     if p.shape != (n,) or not np.isfinite(p).all() or p.min() < 0 or p.max() > 1:
@@ -61,63 +80,103 @@ def _fit_predict(spec: PipelineSpec, seed: int, train: pd.DataFrame, y_train: np
             for part in held_out]
 
 
-def evaluate_pipeline(spec: PipelineSpec, cases: pd.DataFrame, splits: pd.DataFrame, seed: int,
-                      test_model: str, progress: tqdm | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Predictions (``split``, ``fold``, ``y``, ``p`` per case) and per-fold Youden thresholds of one pipeline."""
+def plan_fits(splits: pd.DataFrame, seed: int, test_model: str) -> list[Fit]:
+    """The fits of the evaluation: one per CV fold (seed ``seed + k``), plus the refit for ``refit``."""
     if test_model not in TEST_MODELS:
         raise ValueError(f"evaluation.test_model must be one of {TEST_MODELS}, got {test_model!r}")
-    if list(cases["case_id"]) != list(splits["case_id"]):
-        raise ValueError("cases and splits must list the same case ids in the same order")
-    cases = cases.reset_index(drop=True)
-    fold, y = splits["fold"].to_numpy(), splits["y"].to_numpy()
+    fold = splits["fold"].to_numpy()
     test, dev = fold == TEST, fold != TEST
-    rows, thresholds, test_scores = [], [], []
-    for k in sorted(set(fold[dev])):
-        train, held = dev & (fold != k), fold == k
-        parts = [cases[held]] + ([cases[test]] if test_model == "ensemble" else [])
-        scores = _fit_predict(spec, seed + int(k), cases[train], y[train], parts)
-        rows.append(pd.DataFrame({"case_id": cases.loc[held, "case_id"], "split": "cv", "fold": int(k),
-                                  "y": y[held], "p": scores[0]}))
-        thresholds.append({"fold": int(k), "threshold": youden_threshold(y[held], scores[0]),
-                           "auc": _auc_or_nan(y[held], scores[0])})
-        test_scores.extend(scores[1:])
-        if progress is not None:
-            progress.update()
+    fits = [Fit(int(k), seed + int(k), dev & (fold != k), (fold == k,) + ((test,) if test_model == "ensemble" else ()))
+            for k in sorted(set(fold[dev]))]
     if test_model == "refit":
-        test_scores = _fit_predict(spec, seed, cases[dev], y[dev], [cases[test]])
-        if progress is not None:
-            progress.update()
-    rows.append(pd.DataFrame({"case_id": cases.loc[test, "case_id"], "split": "test", "fold": TEST,
-                              "y": y[test], "p": np.mean(test_scores, axis=0)}))
-    predictions = pd.concat(rows, ignore_index=True).assign(pipeline=spec.label)
-    return predictions, pd.DataFrame(thresholds).assign(pipeline=spec.label)
+        fits.append(Fit(TEST, seed, dev, (test,)))
+    return fits
 
 
-def _auc_or_nan(y: np.ndarray, p: np.ndarray) -> float:
-    return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float("nan")
+def fit_fold(specs: list[PipelineSpec], cases: pd.DataFrame, y: np.ndarray, fit: Fit) -> dict[str, list | str]:
+    """Every pipeline fitted on one training part: label -> scores of each scored part, or the error text."""
+    results: dict[str, list | str] = {}
+    with shared_fits():
+        for spec in specs:
+            try:
+                results[spec.label] = _fit_predict(spec, fit.seed, cases[fit.train], y[fit.train],
+                                                   [cases[part] for part in fit.scored])
+            except Exception as err:  # one broken pipeline must not sink the comparison
+                log.exception("pipeline %s failed (fold %d)", spec.label, fit.fold)
+                results[spec.label] = f"{type(err).__name__}: {err}"
+    return results
+
+
+def prepare_inputs(specs: list[PipelineSpec], cases: pd.DataFrame, jobs: int = 1, threads: int | None = None,
+                   show_progress: bool = True) -> None:
+    """Compute every pipeline's per-case inputs that are pending (cache on, entry missing), ``jobs`` cases at a time."""
+    functions = []
+    for spec in specs:
+        try:
+            functions += build_pipeline(spec.name, **spec.kwargs).input_functions()
+        except Exception:  # a pipeline that cannot be built fails, and is reported, in its fits
+            continue
+    rows = [row for row in ct_inputs.rows(cases) if any(ct_inputs.pending(f, row) for f in functions)]
+    results = run_jobs(ct_inputs.prepare_inputs, [(row, functions) for row in rows], jobs, threads)
+    for errors in tqdm(results, total=len(rows), desc="inputs", unit="case", disable=not show_progress or not rows):
+        for error in errors:
+            log.warning("input not computed: %s (the pipeline that needs it reports it)", error)
 
 
 def evaluate(specs: list[PipelineSpec], cases: pd.DataFrame, splits: pd.DataFrame, seed: int,
-             test_model: str, show_progress: bool = True) -> Evaluation:
-    """Evaluate every pipeline on the same splits; a pipeline that raises is recorded and skipped."""
-    n_folds = splits.loc[splits["fold"] != TEST, "fold"].nunique()
-    total = len(specs) * (n_folds + (test_model == "refit"))
+             test_model: str, show_progress: bool = True, jobs: int = 1, threads: int | None = None) -> Evaluation:
+    """Evaluate every pipeline on the same splits; a pipeline that raises in any fit is recorded and skipped.
+
+    ``jobs`` worker processes compute the inputs (over cases) and the fits (over folds),
+    each with at most ``threads`` threads; results do not depend on either.
+    """
+    if list(cases["case_id"]) != list(splits["case_id"]):
+        raise ValueError("cases and splits must list the same case ids in the same order")
+    cases = cases.reset_index(drop=True)
+    y = splits["y"].to_numpy()
+    fits = plan_fits(splits, seed, test_model)
+    prepare_inputs(specs, cases, jobs, threads, show_progress)
+    results = list(tqdm(run_jobs(fit_fold, [(specs, cases, y, fit) for fit in fits], jobs, threads),
+                        total=len(fits), desc=f"folds x {len(specs)} pipelines", unit="fold",
+                        disable=not show_progress))
     predictions, thresholds, failures = [], [], []
-    with tqdm(total=total, desc="pipelines x folds", unit="fit", disable=not show_progress) as progress:
-        for spec in specs:
-            progress.set_postfix_str(spec.label)
-            try:
-                p, t = evaluate_pipeline(spec, cases, splits, seed, test_model, progress)
-            except Exception as err:  # one broken pipeline must not sink the comparison
-                log.exception("pipeline %s failed", spec.label)
-                failures.append((spec.label, f"{type(err).__name__}: {err}"))
-                continue
-            predictions.append(p)
-            thresholds.append(t)
+    for spec in specs:
+        outcomes = [result[spec.label] for result in results]
+        error = next((outcome for outcome in outcomes if isinstance(outcome, str)), None)
+        if error is not None:
+            failures.append((spec.label, error))
+            continue
+        p, t = _collect(spec.label, cases, y, splits["fold"].to_numpy() == TEST, fits, outcomes)
+        predictions.append(p)
+        thresholds.append(t)
     columns = ["pipeline", "case_id", "split", "fold", "y", "p"]
     return Evaluation(
-        predictions=pd.concat(predictions, ignore_index=True)[columns] if predictions else pd.DataFrame(columns=columns),
+        predictions=(pd.concat(predictions, ignore_index=True)[columns] if predictions
+                     else pd.DataFrame(columns=columns)),
         thresholds=(pd.concat(thresholds, ignore_index=True) if thresholds
                     else pd.DataFrame(columns=["fold", "threshold", "auc", "pipeline"])),
         failures=failures,
     )
+
+
+def _collect(label: str, cases: pd.DataFrame, y: np.ndarray, test: np.ndarray, fits: list[Fit],
+             scores: list[list[np.ndarray]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Predictions (``split``, ``fold``, ``y``, ``p`` per case) and per-fold Youden thresholds of one pipeline."""
+    rows, thresholds, test_scores = [], [], []
+    for fit, fit_scores in zip(fits, scores):
+        if fit.fold == TEST:  # the refit scores the test part only
+            test_scores.extend(fit_scores)
+            continue
+        held, p = fit.scored[0], fit_scores[0]
+        rows.append(pd.DataFrame({"case_id": cases.loc[held, "case_id"], "split": "cv", "fold": fit.fold,
+                                  "y": y[held], "p": p}))
+        thresholds.append({"fold": fit.fold, "threshold": youden_threshold(y[held], p), "auc": _auc_or_nan(y[held], p)})
+        test_scores.extend(fit_scores[1:])
+    rows.append(pd.DataFrame({"case_id": cases.loc[test, "case_id"], "split": "test", "fold": TEST,
+                              "y": y[test], "p": np.mean(test_scores, axis=0)}))
+    predictions = pd.concat(rows, ignore_index=True).assign(pipeline=label)
+    return predictions, pd.DataFrame(thresholds).assign(pipeline=label)
+
+
+def _auc_or_nan(y: np.ndarray, p: np.ndarray) -> float:
+    return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float("nan")

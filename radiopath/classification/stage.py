@@ -47,7 +47,8 @@ def run_stage(cfg: DictConfig) -> tuple[TaskData, Evaluation, Path]:
     splits = make_splits(task.cases["case_id"], task.y, ev.test_fraction, ev.n_folds, ev.seed)
     atomic_write_csv(splits, out / "splits.csv")
 
-    evaluation = evaluate(specs, task.cases, splits, ev.seed, ev.test_model, show_progress=cfg.progress)
+    evaluation = evaluate(specs, task.cases, splits, ev.seed, ev.test_model, show_progress=cfg.progress,
+                          jobs=int(cfg.jobs), threads=cfg.threads)
     predictions = evaluation.predictions
     metrics = metrics_table(predictions, evaluation.thresholds, ev.n_boot, ev.seed, ev.level)
     delong = delong_table(predictions, ev.level)

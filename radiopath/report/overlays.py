@@ -27,7 +27,7 @@ from radiopath.data.readers import open_slide, read_ct
 from radiopath.encode import encoder_dirname
 from radiopath.encoders.features import PatchFeatures, features_path
 from radiopath.graphs import graph_path, load_graph
-from radiopath.report.plots import save_figure
+from radiopath.io import atomic_save_figure
 from radiopath.report.truth import TruthMask, ct_boxes
 
 
@@ -141,7 +141,7 @@ def slide_overlay(manifest: Manifest, case_id: str, patches: PatchFeatures, scor
         for ax in axes[1:]:
             _outline(ax, pattern, cfg.truth_colour)
     fig.suptitle(title if truth is None else f"{title} (planted pattern outlined in {cfg.truth_colour})")
-    return save_figure(fig, path, dpi)
+    return atomic_save_figure(fig, path, dpi)
 
 
 def tumour_slices(mask: np.ndarray, n: int) -> list[int]:
@@ -199,7 +199,7 @@ def ct_overlay(manifest: Manifest, case_id: str, patches: PatchFeatures, scores:
         fig.colorbar(shown, ax=list(row), fraction=0.03, label=label)
     planted = "" if truth is None else f", planted pattern in {cfg.truth_colour}"
     fig.suptitle(f"{title} (tumour contour in cyan{planted})")
-    return save_figure(fig, path, dpi)
+    return atomic_save_figure(fig, path, dpi)
 
 
 DRAW = {"pathology": slide_overlay, "radiology": ct_overlay}

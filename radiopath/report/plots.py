@@ -13,17 +13,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from radiopath.io import atomic_path  # noqa: E402
+from radiopath.io import atomic_save_figure  # noqa: E402
 from radiopath.report.runs import Run  # noqa: E402
 from radiopath.survival.risk_groups import assign_groups, logrank_row, plot_km  # noqa: E402
-
-
-def save_figure(fig, path: Path, dpi: int) -> Path:
-    """Save ``fig`` as PNG atomically and close it."""
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")
-    plt.close(fig)
-    return path
 
 
 def fold_metrics(runs: list[Run]) -> pd.DataFrame:
@@ -81,7 +73,7 @@ def metric_figure(table: pd.DataFrame, metrics: dict, kind: str, path: Path, dpi
     what = "per-fold values" if kind == "box" else "mean ± std over folds"
     fig.suptitle(f"Survival metrics on the test folds: {what}")
     fig.tight_layout()
-    return save_figure(fig, path, dpi)
+    return atomic_save_figure(fig, path, dpi)
 
 
 def training_curves(run: Run, path: Path, dpi: int) -> Path:
@@ -100,7 +92,7 @@ def training_curves(run: Run, path: Path, dpi: int) -> Path:
         ax.grid(alpha=0.3)
     fig.suptitle(run.label)
     fig.tight_layout()
-    return save_figure(fig, path, dpi)
+    return atomic_save_figure(fig, path, dpi)
 
 
 def km_panels(run: Run, figures_dir: Path, slug: str) -> tuple[list[tuple[str, Path, float]], list[str]]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
-from radiopath.classification.nets.resnet2d import resnet18_encoder
+from radiopath.classification.nets.resnet2d import RESNET18_BLOCKS, resnet_encoder
 
 
 class MultiPhaseResNet(nn.Module):
@@ -20,9 +22,10 @@ class MultiPhaseResNet(nn.Module):
     training, a phase present for only one case of a batch is masked as missing for that step.
     """
 
-    def __init__(self, n_phases: int, hidden_dim: int = 128, num_classes: int = 2, dropout: float = 0.2):
+    def __init__(self, n_phases: int, hidden_dim: int = 128, num_classes: int = 2, dropout: float = 0.2,
+                 resnet_blocks: Sequence[int] = RESNET18_BLOCKS):
         super().__init__()
-        self.encoders = nn.ModuleList(resnet18_encoder(in_channels=1) for _ in range(n_phases))
+        self.encoders = nn.ModuleList(resnet_encoder(1, resnet_blocks) for _ in range(n_phases))
         feature_dim = self.encoders[0].out_dim
         self.feature_dim = feature_dim
         self.head = nn.Sequential(

@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
 from radiopath.classification.nets.projector import MLPProjector
-from radiopath.classification.nets.resnet2d import resnet18_encoder
+from radiopath.classification.nets.resnet2d import RESNET18_BLOCKS, resnet_encoder
 
 
 class SimCLR(nn.Module):
-    r"""Encoder :math:`f` (ResNet-18, 512-d) and projection head :math:`g` (2-layer MLP).
+    r"""Encoder :math:`f` (ResNet-18 by default, 512-d) and projection head :math:`g` (2-layer MLP).
 
     .. math:: h = f(x),\quad z = g(h)
 
     trained with NT-Xent on :math:`z` of two views; :math:`h` is the embedding kept afterwards.
     """
 
-    def __init__(self, in_channels: int = 1, projection_dim: int = 128, projector_hidden: int = 512):
+    def __init__(self, in_channels: int = 1, projection_dim: int = 128, projector_hidden: int = 512,
+                 resnet_blocks: Sequence[int] = RESNET18_BLOCKS):
         super().__init__()
-        self.encoder = resnet18_encoder(in_channels)
+        self.encoder = resnet_encoder(in_channels, resnet_blocks)
         self.projector = MLPProjector(self.encoder.out_dim, projector_hidden, projection_dim, num_layers=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

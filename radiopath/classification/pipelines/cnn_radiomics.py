@@ -68,6 +68,10 @@ class CNNRadiomicsPipeline(CasePipeline):
         self.smote_k_neighbors = int(smote_k_neighbors)
         self.random_state = int(random_state)
 
+    def input_functions(self) -> list[Callable[[Mapping], object]]:
+        """The RGCNN's per-case inputs (crop with maps, scalar radiomics)."""
+        return RGCNNPipeline(**self.rgcnn, random_state=self.random_state).input_functions()
+
     def _features(self, cases: pd.DataFrame) -> tuple[np.ndarray, list[np.ndarray]]:
         """All feature columns side by side and the column indices of each block."""
         blocks = [self.rgcnn_.cnn_radiomics(cases, self.cr_layers)]
@@ -83,6 +87,7 @@ class CNNRadiomicsPipeline(CasePipeline):
         if counts.min() < 2:
             raise ValueError(f"{self.name}: training part has {counts[0]} negative and {counts[1]} positive cases; "
                              "SMOTE needs at least 2 of each")
+        # Trained once per fold for every pipeline with these RGCNN settings (radiopath.classification.sharing).
         self.rgcnn_ = RGCNNPipeline(**self.rgcnn, random_state=self.random_state).fit(cases, y)
         x, blocks = self._features(cases)
         neighbours = min(self.smote_k_neighbors, int(counts.min()) - 1)

@@ -12,13 +12,16 @@ and indolent, 2 malignant and aggressive (from the manifest's ``malignant`` and
 ``aggressive`` columns; a case whose class is unknown trains SimCLR only).
 ``target`` picks what :meth:`predict_proba` returns: ``malignant`` gives
 P(malignant) = 1 - P(benign), ``aggressive`` gives P(aggressive) = P(malignant and
-aggressive).
+aggressive). Within one fold of the evaluation, ``simclr_rf`` and ``simclr_mlp`` with the
+same SimCLR settings share one trained encoder and its patient embeddings
+(:mod:`radiopath.classification.sharing`).
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -37,7 +40,9 @@ from radiopath.classification import ct_inputs
 from radiopath.classification.base import CasePipeline, register_pipeline
 from radiopath.classification.losses import NTXentLoss
 from radiopath.classification.nets import SimCLR
+from radiopath.classification.nets.resnet2d import RESNET18_BLOCKS
 from radiopath.classification.nets.training import predict_in_batches, seeded, shuffled_batches, train_epochs
+from radiopath.classification.sharing import fit_once, training_key
 
 TARGETS = ("malignant", "aggressive")
 CLASSIFIERS = ("rf", "mlp")
@@ -53,6 +58,31 @@ def three_classes(cases: pd.DataFrame) -> np.ndarray:
     classes[(malignant == 1) & (aggressive == 0)] = 1
     classes[(malignant == 1) & (aggressive == 1)] = 2
     return classes
+
+
+class SliceEmbedder:
+    """A trained SimCLR network and the patient embeddings it has given (mean encoder output over a case's slices)."""
+
+    def __init__(self, model: SimCLR, history: list[float], batch_size: int, device: torch.device):
+        self.model = model.eval()
+        self.history = history
+        self.batch_size = batch_size
+        self.device = device
+        self._embeddings: dict[str, np.ndarray] = {}
+
+    def embed(self, keys: list[str], slices: Callable[[int], torch.Tensor]) -> np.ndarray:
+        """(n, 512) embeddings of the cases ``keys`` (their files); ``slices(i)`` gives case i's (S, 1, H, W).
+
+        The cases not embedded before go through the encoder together, in full batches.
+        """
+        missing = list({key: i for i, key in enumerate(keys) if key not in self._embeddings}.values())
+        if missing:
+            stacks = [slices(i) for i in missing]
+            forward = lambda x: self.model.embed(x.to(self.device)).cpu()  # noqa: E731
+            outputs = predict_in_batches(forward, [torch.cat(stacks)], self.batch_size)
+            for i, part in zip(missing, torch.split(outputs, [len(stack) for stack in stacks])):
+                self._embeddings[keys[i]] = part.mean(dim=0).numpy()
+        return np.stack([self._embeddings[key] for key in keys])
 
 
 class SimCLREmbeddingPipeline(CasePipeline):
@@ -71,6 +101,7 @@ class SimCLREmbeddingPipeline(CasePipeline):
         min_area_fraction: float = 0.25,
         clinical: Sequence[str] = ("age", "sex"),
         size_column: str | None = "tumour_size_mm",
+        resnet_blocks: Sequence[int] = RESNET18_BLOCKS,
         epochs: int = 40,
         slices_per_case: int = 6,
         batch_size: int = 64,
@@ -104,6 +135,7 @@ class SimCLREmbeddingPipeline(CasePipeline):
                                    size=slice_size, depth=slice_depth, min_area_fraction=min_area_fraction)
         self.clinical = [str(c) for c in clinical]
         self.size_column = size_column
+        self.resnet_blocks = tuple(int(b) for b in resnet_blocks)
         self.epochs = epochs
         self.slices_per_case = slices_per_case
         self.batch_size = batch_size
@@ -111,6 +143,8 @@ class SimCLREmbeddingPipeline(CasePipeline):
         self.weight_decay = weight_decay
         self.temperature = temperature
         self.projection_dim = projection_dim
+        self.augment_settings = dict(crop_scale=tuple(crop_scale), rotation_degrees=rotation_degrees,
+                                     blur_sigma=tuple(blur_sigma), blur_kernel=blur_kernel)
         self.augment = v2.Compose([
             v2.RandomResizedCrop(slice_size, scale=tuple(crop_scale), antialias=True),
             v2.RandomHorizontalFlip(),
@@ -131,18 +165,30 @@ class SimCLREmbeddingPipeline(CasePipeline):
 
     # ------------------------------------------------------------------ SimCLR
 
-    def _slices(self, cases: pd.DataFrame) -> list[torch.Tensor]:
-        """Per case, its tumour slices (S, 1, H, W)."""
-        slices = [ct_inputs.tumour_slices(row, cache_dir=self.cache_dir, **self.slice_settings)["slices"]
-                  for row in ct_inputs.rows(cases)]
-        return [torch.from_numpy(s)[:, None] for s in slices]
+    def input_functions(self) -> list[Callable[[Mapping], object]]:
+        """A case's tumour slices."""
+        return [functools.partial(ct_inputs.tumour_slices, cache_dir=self.cache_dir, **self.slice_settings)]
+
+    def _case_slices(self, row: Mapping) -> torch.Tensor:
+        """One case's tumour slices (S, 1, H, W)."""
+        slices = ct_inputs.tumour_slices(row, cache_dir=self.cache_dir, **self.slice_settings)["slices"]
+        return torch.from_numpy(slices)[:, None]
 
     def _views(self, images: torch.Tensor) -> torch.Tensor:
         return torch.stack([self.augment(image) for image in images]).to(self.device)
 
-    def _train_simclr(self, slices: list[torch.Tensor]) -> SimCLR:
+    def _simclr_key(self, cases: pd.DataFrame) -> dict:
+        """What the SimCLR encoder depends on (not the classifier): settings, seed, training cases."""
+        settings = {name: getattr(self, name) for name in (
+            "slice_settings", "resnet_blocks", "epochs", "slices_per_case", "batch_size", "lr", "weight_decay",
+            "temperature", "projection_dim", "augment_settings", "device", "random_state")}
+        return {"fit": "simclr", "settings": settings,
+                **training_key(cases, [self.slice_settings["column"], "mask"])}
+
+    def _train_simclr(self, slices: list[torch.Tensor]) -> SliceEmbedder:
         generator = torch.Generator().manual_seed(self.random_state)
-        model = SimCLR(in_channels=1, projection_dim=self.projection_dim).to(self.device)
+        model = SimCLR(in_channels=1, projection_dim=self.projection_dim, resnet_blocks=self.resnet_blocks
+                       ).to(self.device)
         optimiser = torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         loss_fn = NTXentLoss(self.temperature)
 
@@ -156,15 +202,15 @@ class SimCLREmbeddingPipeline(CasePipeline):
         def batch_loss(images: torch.Tensor) -> torch.Tensor:
             return loss_fn(model(self._views(images)), model(self._views(images)))
 
-        self.history_ = train_epochs(model, optimiser, self.epochs, epoch_batches, batch_loss)
-        return model.eval()
+        history = train_epochs(model, optimiser, self.epochs, epoch_batches, batch_loss)
+        return SliceEmbedder(model, history, self.batch_size, self.device)
 
     def embeddings(self, cases: pd.DataFrame) -> np.ndarray:
         """Patient embeddings (n, 512): the mean encoder output over each case's tumour slices."""
-        forward = lambda x: self.simclr_.embed(x.to(self.device)).cpu()  # noqa: E731
-        return np.stack([
-            predict_in_batches(forward, [s], self.batch_size).mean(dim=0).numpy() for s in self._slices(cases)
-        ]).astype(np.float64)
+        column = self.slice_settings["column"]
+        rows = ct_inputs.rows(cases)
+        keys = [f"{row[column]}|{row['mask']}" for row in rows]
+        return self.simclr_.embed(keys, lambda i: self._case_slices(rows[i])).astype(np.float64)
 
     # ------------------------------------------------------------------ tabular model
 
@@ -209,9 +255,10 @@ class SimCLREmbeddingPipeline(CasePipeline):
         if known.sum() < 2:
             raise ValueError(f"{self.name}: fewer than two training cases with a known three-class label")
         with seeded(self.random_state):
-            self.simclr_ = self._train_simclr(self._slices(cases))
+            self.simclr_ = fit_once(self._simclr_key(cases), lambda: self._train_simclr(
+                [self._case_slices(row) for row in ct_inputs.rows(cases)]))
         table = self._table(cases)
-        embed_dim = self.simclr_.encoder.out_dim
+        embed_dim = self.simclr_.model.encoder.out_dim
         self.model_ = self._model(int(known.sum()), embed_dim, table.shape[1])
         with warnings.catch_warnings():
             # A small MLP on a few dozen cases may stop at max_iter; the fit is still usable.

@@ -17,7 +17,8 @@ class frequencies, Adam, random flips and 90-degree rotations; weights are rando
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,10 +28,16 @@ from torch import nn
 from radiopath.classification import ct_inputs
 from radiopath.classification.base import CasePipeline, register_pipeline
 from radiopath.classification.nets import MultiPhaseResNet
+from radiopath.classification.nets.resnet2d import RESNET18_BLOCKS
 from radiopath.classification.nets.training import (
     predict_in_batches, random_flips, seeded, shuffled_batches, train_epochs,
 )
 from radiopath.errors import CaseError
+
+
+def phase_slices(row: Mapping, *, column: str, **settings) -> dict[str, np.ndarray]:
+    """The tumour slices of one phase of a case, or nothing when the case lacks that phase."""
+    return ct_inputs.tumour_slices(row, column=column, **settings) if ct_inputs.has_image(row, column) else {}
 
 
 class MultiPhasePipeline(CasePipeline):
@@ -46,6 +53,7 @@ class MultiPhasePipeline(CasePipeline):
         hu_window: Sequence[float] = (-500, 500),
         slice_size: int = 64,
         slice_depth: int = 64,
+        resnet_blocks: Sequence[int] = RESNET18_BLOCKS,
         hidden_dim: int = 128,
         dropout: float = 0.2,
         epochs: int = 50,
@@ -64,6 +72,7 @@ class MultiPhasePipeline(CasePipeline):
         self.slice_settings = dict(spacing_mm=spacing_mm, hu_window=tuple(hu_window), size=slice_size,
                                    depth=slice_depth, min_area_fraction=1.0)
         self.slice_size = slice_size
+        self.resnet_blocks = tuple(int(b) for b in resnet_blocks)
         self.hidden_dim = hidden_dim
         self.dropout = dropout
         self.epochs = epochs
@@ -76,6 +85,11 @@ class MultiPhasePipeline(CasePipeline):
         self.device = torch.device(device)
         self.random_state = random_state
 
+    def input_functions(self) -> list[Callable[[Mapping], object]]:
+        """A case's tumour slices in each phase it has."""
+        return [functools.partial(phase_slices, column=phase, cache_dir=self.cache_dir, **self.slice_settings)
+                for phase in self.phases]
+
     def _inputs(self, cases: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
         """Largest tumour slices (n, P, H, W), zero for a missing phase, and presence (n, P)."""
         unknown = [p for p in self.phases if p not in cases.columns]
@@ -85,9 +99,8 @@ class MultiPhasePipeline(CasePipeline):
         present = np.zeros((len(cases), len(self.phases)), bool)
         for i, row in enumerate(ct_inputs.rows(cases)):
             for p, phase in enumerate(self.phases):
-                if ct_inputs.has_image(row, phase):
-                    slices = ct_inputs.tumour_slices(row, column=phase, cache_dir=self.cache_dir,
-                                                     **self.slice_settings)
+                slices = phase_slices(row, column=phase, cache_dir=self.cache_dir, **self.slice_settings)
+                if slices:
                     images[i, p] = slices["slices"][slices["areas"].argmax()]
                     present[i, p] = True
             if not present[i].any():
@@ -107,7 +120,8 @@ class MultiPhasePipeline(CasePipeline):
         weight = (len(labels) / (2 * counts)).float() if self.class_balanced else None
         with seeded(self.random_state):
             generator = torch.Generator().manual_seed(self.random_state)
-            model = MultiPhaseResNet(len(self.phases), self.hidden_dim, dropout=self.dropout).to(self.device)
+            model = MultiPhaseResNet(len(self.phases), self.hidden_dim, dropout=self.dropout,
+                                     resnet_blocks=self.resnet_blocks).to(self.device)
             optimiser = torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
             loss_fn = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(self.device))
 

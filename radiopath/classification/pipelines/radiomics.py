@@ -9,6 +9,7 @@ resamples during ``fit``, never when scoring.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping
 
@@ -20,7 +21,6 @@ from sklearn.base import ClassifierMixin
 from sklearn.decomposition import PCA
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.preprocessing import StandardScaler
-from tqdm import tqdm
 from xgboost import XGBClassifier
 
 from radiopath.classification import ct_inputs
@@ -46,10 +46,14 @@ class TraditionalRadiomicsPipeline(CasePipeline):
         self.random_state = int(random_state)
         self.feature_names: list[str] | None = None
 
+    def input_functions(self) -> list[Callable[[Mapping], object]]:
+        """The scalar radiomics of a case."""
+        return [functools.partial(ct_inputs.scalar_radiomics, **self.radiomics)]
+
     def features(self, cases: pd.DataFrame) -> np.ndarray:
         """``(n, D)`` radiomic features of the cases (from the cache when present)."""
         vectors = []
-        for row in tqdm(ct_inputs.rows(cases), desc="radiomics", unit="case", leave=False, disable=len(cases) < 20):
+        for row in ct_inputs.rows(cases):
             arrays = ct_inputs.scalar_radiomics(row, **self.radiomics)
             names = [str(n) for n in arrays["names"]]
             if self.feature_names is None:

@@ -11,12 +11,15 @@ random flips. Only the image encoder and classifier predict.
 
 Everything fitted (map channel scaling, radiomics scaling, the network) is learnt in
 :meth:`RGCNNPipeline.fit` from the cases it is given; the per-case inputs are not
-fitted and are cached on disk (``cache_dir``).
+fitted and are cached on disk (``cache_dir``). Within one fold of the evaluation, an
+RGCNN with the same settings, seed and training cases is trained once and shared with
+the CNN-radiomics pipelines (:mod:`radiopath.classification.sharing`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -30,6 +33,7 @@ from radiopath.classification.nets import RGCNN
 from radiopath.classification.nets.training import (
     balanced_batches, predict_in_batches, random_flips, seeded, train_epochs,
 )
+from radiopath.classification.sharing import fit_once, training_key
 
 # Standardised radiomics beyond this many standard deviations are clipped: one outlying
 # training case must not dominate the projector's input scale.
@@ -96,6 +100,11 @@ class RGCNNPipeline(CasePipeline):
 
     # ------------------------------------------------------------------ inputs
 
+    def input_functions(self) -> list[Callable[[Mapping], object]]:
+        """A case's crop with its radiomic maps, and its scalar radiomics."""
+        return [functools.partial(ct_inputs.tumour_volume, cache_dir=self.cache_dir, **self.volume_settings),
+                functools.partial(ct_inputs.scalar_radiomics, **self.radiomics_settings)]
+
     def _volumes(self, cases: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Raw volumes (n, C, D, H, W) and tumour masks (n, D, H, W)."""
         inputs = [ct_inputs.tumour_volume(row, cache_dir=self.cache_dir, **self.volume_settings)
@@ -122,7 +131,15 @@ class RGCNNPipeline(CasePipeline):
     # ------------------------------------------------------------------ fit / predict
 
     def fit(self, cases: pd.DataFrame, y: np.ndarray) -> "RGCNNPipeline":
-        """Fit the channel and radiomics scaling and train the RGCNN on these cases."""
+        """Fit the channel and radiomics scaling and train the RGCNN on these cases (once per fold and settings)."""
+        settings = {name: value for name, value in vars(self).items() if not name.endswith("_")}
+        key = {"fit": "rgcnn", "settings": settings, **training_key(cases, [self.volume_settings["column"], "mask"], y)}
+        self.map_mean_, self.map_std_, self.radiomics_scaler_, self.model_, self.history_ = fit_once(
+            key, lambda: self._train(cases, y))
+        return self
+
+    def _train(self, cases: pd.DataFrame, y: np.ndarray) -> tuple:
+        """``(map mean, map std, radiomics scaler, network in eval mode, loss history)`` fitted on these cases."""
         labels = torch.as_tensor(np.asarray(y, dtype=np.int64))
         volumes, masks = self._volumes(cases)
         tumour = np.moveaxis(volumes[:, 1:], 1, -1)[masks == 1]  # (tumour voxels, maps)
@@ -152,12 +169,11 @@ class RGCNNPipeline(CasePipeline):
                     torch.cat([z_image, z_radiomics]), torch.cat([target, target])
                 )
 
-            self.history_ = train_epochs(
+            history = train_epochs(
                 model, optimiser, self.epochs,
                 lambda: balanced_batches(labels.numpy(), self.batch_size, generator), batch_loss,
             )
-        self.model_ = model.eval()
-        return self
+        return self.map_mean_, self.map_std_, self.radiomics_scaler_, model.eval(), history
 
     def _inputs(self, cases: pd.DataFrame) -> torch.Tensor:
         volumes, masks = self._volumes(cases)
