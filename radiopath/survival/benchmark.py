@@ -105,6 +105,7 @@ def tune_and_fit(name: str, fold: SurvivalFold, cfg, tau: float, memory) -> tupl
         grid,
         scoring=metrics.tuning_scorer(cfg.tuning.score, fold.y_train, tau),
         cv=splits,
+        n_jobs=cfg.tuning.n_jobs,
         error_score=np.nan,
         refit=False,
     )
