@@ -231,6 +231,7 @@ def test_node_fraction_is_the_area_share_of_its_patches():
     truth = node_truth("c", np.array([1.0, 1.0, 0.0, 0.5, 1.0, 0.0, 0.2]), np.array([0, 0, 1, 1, 2, 2, 3]), 4, 0.5)
     np.testing.assert_allclose(truth.fraction, [1.0, 0.25, 0.5, 0.2])
     assert truth.planted.tolist() == [True, False, True, False]
+    np.testing.assert_allclose(truth.patch_fraction, [1.0, 1.0, 0.25, 0.25, 0.5, 0.5, 0.2])  # what overlays paint
     with pytest.raises(CaseError, match="'c'.*does not map its patches"):
         node_truth("c", np.ones(3), np.array([0, 0, 2]), 3, 0.5)  # node 1 has no patch
 
@@ -238,17 +239,17 @@ def test_node_fraction_is_the_area_share_of_its_patches():
 def test_patient_auroc_and_why_a_patient_has_none():
     assert validate_scores.importance_auroc is importance_auroc  # one copy, shared with the benchmark
     planted = np.array([True, True, False, False, False])
-    truth = recovery.NodeTruth(planted.astype(float), planted)
+    truth = recovery.NodeTruth(planted.astype(float), planted, planted.astype(float))  # one patch a node
     perfect = recovery.score_patient(planted.astype(np.float32), truth)
     assert perfect == {"n_nodes": 5, "n_planted": 2, "auroc": 1.0, "status": recovery.SCORED}
     assert recovery.score_patient(-planted.astype(np.float32), truth)["auroc"] == 0.0
     assert recovery.score_patient(np.zeros(5, np.float32), truth)["auroc"] == 0.5  # uninformative: chance
     rng = np.random.default_rng(0)
     many = np.arange(400) < 100
-    noise = recovery.score_patient(rng.random(400).astype(np.float32), recovery.NodeTruth(many * 1.0, many))
+    noise = recovery.score_patient(rng.random(400).astype(np.float32), recovery.NodeTruth(many * 1.0, many, many * 1.0))
     assert abs(noise["auroc"] - 0.5) < 0.1
     for labels, status in ((np.ones(5, bool), recovery.ALL_PLANTED), (np.zeros(5, bool), recovery.NO_PLANTED)):
-        score = recovery.score_patient(np.arange(5, dtype=np.float32), recovery.NodeTruth(labels * 1.0, labels))
+        score = recovery.score_patient(np.arange(5, dtype=np.float32), recovery.NodeTruth(labels * 1.0, labels, labels * 1.0))
         assert score["status"] == status and math.isnan(score["auroc"])
     missing = recovery.score_patient(np.arange(5, dtype=np.float32), None)
     assert missing["status"] == recovery.NO_TRUTH and math.isnan(missing["auroc"]) and math.isnan(missing["n_planted"])

@@ -20,7 +20,7 @@ import torch
 
 from radiopath.data.manifest import Manifest
 from radiopath.errors import CaseError
-from radiopath.graphs import graph_path, load_graph
+from radiopath.graphs import graph_path
 from radiopath.report.overlays import PatchTruth, load_case_patches, load_importance
 from radiopath.report.runs import Run
 from radiopath.report.table import format_cell
@@ -70,8 +70,7 @@ class NodeTruthSource:
         nodes = self.nodes(case_id, modality, graph_dir, features_dir)
         if nodes is None:
             return None
-        assignment = load_graph(graph_path(graph_dir, modality, case_id)).assignment.numpy()
-        return PatchTruth(self.mask(case_id, modality), nodes.fraction[assignment])
+        return PatchTruth(self.mask(case_id, modality), nodes.patch_fraction)
 
 
 def score_patient(importance: np.ndarray, truth: NodeTruth | None) -> dict:

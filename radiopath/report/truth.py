@@ -253,10 +253,11 @@ def patch_fractions(mask: TruthMask, patches: PatchFeatures) -> np.ndarray:
 
 @dataclass
 class NodeTruth:
-    """Per node of one graph: its planted fraction and planted label."""
+    """Per node of one graph: its planted fraction and planted label; per patch its node's fraction."""
 
     fraction: np.ndarray
     planted: np.ndarray
+    patch_fraction: np.ndarray  # fraction[assignment]: what an overlay paints on each patch
 
 
 def node_truth(case_id: str, patch_fraction: np.ndarray, assignment: np.ndarray, n_nodes: int,
@@ -270,4 +271,4 @@ def node_truth(case_id: str, patch_fraction: np.ndarray, assignment: np.ndarray,
     if len(patches) > n_nodes or (patches == 0).any():
         raise CaseError(case_id, f"graph assignment does not map its patches onto its {n_nodes} nodes")
     fraction = np.bincount(assignment, weights=patch_fraction, minlength=n_nodes) / patches
-    return NodeTruth(fraction, fraction >= planted_fraction)
+    return NodeTruth(fraction, fraction >= planted_fraction, fraction[assignment])
