@@ -154,7 +154,7 @@ def run_benchmark(folds: list[SurvivalFold], cfg) -> BenchmarkResult:
     # the models' linear algebra is small (a few hundred features): one thread makes the results
     # independent of the core count, and on a busy 2-core node a 205 x 205 solve took 16-220 ms
     # on two OpenBLAS threads against 0.6-1 ms on one
-    with threadpool_limits(limits=cfg.get("threads")), tempfile.TemporaryDirectory(
+    with threadpool_limits(limits=cfg.threads), tempfile.TemporaryDirectory(
         prefix="radiopath-survival-cache-"
     ) as cache, tqdm(total=len(folds) * len(cfg.models), desc="survival", unit="model", dynamic_ncols=True) as bar:
         for fold in folds:
