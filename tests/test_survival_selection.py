@@ -69,6 +69,7 @@ def test_selector_only_ever_sees_training_rows(compose_config, tmp_path, monkeyp
             f"features={tmp_path / 'table.csv'}",
             "models=[CoxPH]",
             "tuning.inner_folds=3",
+            "tuning.n_jobs=1",  # the spy counts fits in this process only
             "estimators.CoxPH.alpha=[1.0]",
         ],
     )
@@ -104,6 +105,7 @@ def test_filters_are_fitted_once_per_split_for_all_grids_and_models(compose_conf
             f"features={tmp_path / 'table.csv'}",
             "n_folds=2",
             "tuning.inner_folds=2",
+            "tuning.n_jobs=1",  # the spy counts fits in this process only
             "estimators.RSF.n_estimators=10",
             "estimators.RSF.max_depth=[2,4]",
             "estimators.CoxPH.alpha=[0.1,10.0]",

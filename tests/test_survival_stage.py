@@ -159,6 +159,24 @@ def test_tau_and_time_grid_come_from_the_fold(censored_fold_run):
         assert chosen in fold["models"]["CoxPH"]["grid"]["model__alpha"]
 
 
+def test_parallel_grid_and_forest_give_the_serial_results(run_config, tmp_path):
+    # worker processes score the grid and threads grow RSF's trees: same choices and metrics as one core
+    results = {}
+    for n_jobs in (1, 2):
+        cfg = run_config(
+            [f"tuning.n_jobs={n_jobs}", f"estimators.RSF.n_jobs={n_jobs}", f"output_dir={tmp_path / str(n_jobs)}"],
+            n_patients=40,
+        )
+        results[n_jobs] = run_stage(cfg)[0]
+    serial, parallel = results[1], results[2]
+    assert not serial.errors and not parallel.errors
+    pd.testing.assert_frame_equal(serial.metrics, parallel.metrics)
+    for k, fold in serial.folds.items():
+        for name, settings in fold["models"].items():
+            other = parallel.folds[k]["models"][name]
+            assert settings["chosen"] == other["chosen"] and settings["selected_features"] == other["selected_features"]
+
+
 def test_failing_and_non_converging_models_are_recorded(run_config):
     # RSF cannot be built with this max_features; CoxPH stops after one Newton step
     cfg = run_config(

@@ -49,7 +49,13 @@ def make_estimator(name: str, params: dict, seed: int):
             fit_baseline_model=True,  # survival functions for the integrated Brier score
         )
     if name == "FSVM":
-        return FastSurvivalSVM(rank_ratio=1.0, max_iter=params["max_iter"], tol=params["tol"], random_state=seed)
+        return FastSurvivalSVM(
+            rank_ratio=1.0,
+            max_iter=params["max_iter"],
+            tol=params["tol"],
+            optimizer=params["optimizer"],
+            random_state=seed,
+        )
     raise ValueError(f"unknown survival model {name!r} (RSF, CoxPH, Coxnet, FSVM)")
 
 
