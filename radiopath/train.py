@@ -73,8 +73,8 @@ def fit_model(cfg: DictConfig, in_dims: dict[str, int], train: list[Patient], wa
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model_kwargs = OmegaConf.to_container(cfg.model.kwargs, resolve=True)
-    model = build_aggregator(cfg.model.name, in_dims, **model_kwargs).to(device)
-    scaler = NodeScaler().fit(train)
+    scaler = NodeScaler(**OmegaConf.to_container(cfg.node_features, resolve=True)).fit(train)
+    model = build_aggregator(cfg.model.name, scaler.out_dims(in_dims), **model_kwargs).to(device)
     settings = TrainSettings(**OmegaConf.to_container(cfg.training, resolve=True))
     start = time.perf_counter()
     history = fit(model, train, watch, scaler, settings, generator, device, desc=desc)
@@ -135,7 +135,7 @@ def export_fold(cfg: DictConfig, cohort: GraphCohort, fitted: Fitted, train: lis
         "state_dict": fitted.model.state_dict(),
         "model": cfg.model.name,
         "model_kwargs": fitted.model_kwargs,
-        "in_dims": cohort.in_dims,
+        "in_dims": fitted.scaler.out_dims(cohort.in_dims),  # the model's, after node_features
         "scaler": fitted.scaler.state_dict(),
         "seed": seed,
         "train_seconds": fitted.seconds,

@@ -8,7 +8,7 @@ is how aggregators put per-graph results back into per-patient tensors.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -93,14 +93,15 @@ class CollateCache:
 
 
 def collate_patients(patients: list[dict[str, Data]], *, transform: NodeTransform | None = None,
-                     cache: CollateCache | None = None) -> PatientBatch:
+                     widths: Mapping[str, int] | None = None, cache: CollateCache | None = None) -> PatientBatch:
     """Batch patients given as ``modality -> Data`` maps (only the modalities each has).
 
     The input graphs are not modified: each is shallow-copied before ``patient``
     is attached, so tensors are shared, not duplicated. Node features are written once,
     graph by graph, into the batch's ``x``: by ``transform(modality, x, out)`` if given
     (e.g. standardisation), else copied; into ``cache``'s buffers if given, else a new
-    tensor (of the graphs' dtype either way).
+    tensor (of the graphs' dtype either way). ``widths`` gives the transform's output width
+    per modality where it differs from the input's (e.g. principal components).
     """
     per_modality: dict[str, list[Data]] = {}
     sources: dict[str, list[Data]] = {}
@@ -117,6 +118,8 @@ def collate_patients(patients: list[dict[str, Data]], *, transform: NodeTransfor
         batch = Batch.from_data_list(graphs)
         xs = [g.x for g in sources[modality]]
         rows, like = sum(x.size(0) for x in xs), xs[0]
+        if widths is not None and widths.get(modality, like.size(1)) != like.size(1):
+            like = like.new_empty((0, widths[modality]))
         x = cache.features(modality, rows, like) if cache is not None else like.new_empty((rows, *like.shape[1:]))
         start = 0
         for part in xs:

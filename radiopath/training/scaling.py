@@ -1,9 +1,22 @@
-r"""Node-feature standardisation fitted on the training patients of one fold.
+r"""Node-feature preprocessing fitted on the training patients of one fold.
 
-Per modality, :math:`x' = (x - \mu) / \sigma` with :math:`\mu, \sigma` over all
-nodes of the training patients; features with :math:`\sigma \approx 0` are only
-centred. Applied graph by graph while a batch is collated, writing into the batch's
-own node-feature storage, so the cohort's graphs are never copied or modified.
+Per modality, in this order:
+
+.. math::
+    x' = \big( (x - c_g) - \mu \big) / \sigma, \qquad x'' = x'\,U_q
+
+- ``center="graph"``: :math:`c_g` is the per-feature median of the node's own graph (the
+  lower middle value for an even count, as ``torch.median``). It
+  removes what every node of a slide or scan shares (stain, scanner, patient offset), so
+  the nodes that differ from their own tissue stand out; ``"none"``: :math:`c_g = 0`.
+- :math:`\mu, \sigma` over all (centred) nodes of the training patients; features with
+  :math:`\sigma \approx 0` are only centred.
+- ``components=q``: :math:`U_q` holds the top-q principal axes of the standardised training
+  nodes (not whitened: the variance along each axis is kept, so a direction along which a
+  few regions stand out keeps its weight); ``None`` keeps every feature.
+
+Applied graph by graph while a batch is collated, writing into the batch's own
+node-feature storage, so the cohort's graphs are never copied or modified.
 """
 
 from __future__ import annotations
@@ -13,38 +26,88 @@ from torch import Tensor
 
 from radiopath.training.cohort import Patient
 
+CENTERS = ("none", "graph")
+
 
 class NodeScaler:
     """scikit-learn-style ``fit`` / ``transform`` for the node features of each modality."""
 
-    def __init__(self, eps: float = 1e-6):
+    def __init__(self, *, center: str = "none", components: int | None = None, eps: float = 1e-6):
+        if center not in CENTERS:
+            raise ValueError(f"node_features.center={center!r}: choose one of {CENTERS}")
+        if components is not None and (isinstance(components, bool) or int(components) != components
+                                       or components < 1):
+            raise ValueError(f"node_features.components={components!r}: a positive integer or null")
+        self.center = center
+        self.components = components
         self.eps = eps
-        self.mean_: dict[str, torch.Tensor] = {}
-        self.scale_: dict[str, torch.Tensor] = {}
+        self.mean_: dict[str, Tensor] = {}
+        self.scale_: dict[str, Tensor] = {}
+        self.axes_: dict[str, Tensor] = {}
 
     def fit(self, patients: list[Patient]) -> "NodeScaler":
-        """Node mean and standard deviation per modality over ``patients`` (the training part).
+        """Centre, mean, standard deviation (and principal axes) per modality over ``patients``.
 
-        Two passes in float64, one graph at a time: the training nodes of a large cohort are
+        Streaming in float64, one graph at a time: the training nodes of a large cohort are
         never concatenated (GBs in float32, twice that in float64).
         """
         modalities = sorted({m for p in patients for m in p.graphs})
         for modality in modalities:
             xs = [p.graphs[modality].x for p in patients if modality in p.graphs]
             count = sum(x.size(0) for x in xs)
-            mean = sum(x.sum(0, dtype=torch.float64) for x in xs) / count
-            var = sum((x.double() - mean).pow_(2).sum(0) for x in xs) / count
+            mean = sum(self._centred(x).sum(0, dtype=torch.float64) for x in xs) / count
+            var = sum((self._centred(x).double() - mean).pow_(2).sum(0) for x in xs) / count
             std = var.sqrt()
             self.mean_[modality] = mean.float()
             self.scale_[modality] = torch.where(std > self.eps, std, torch.ones_like(std)).float()
+            if self.components is not None:
+                self.axes_[modality] = self._principal_axes(modality, xs, count)
         return self
 
+    def _centred(self, x: Tensor) -> Tensor:
+        if self.center == "graph":
+            return x - x.median(dim=0).values
+        return x
+
+    def _principal_axes(self, modality: str, xs: list[Tensor], count: int) -> Tensor:
+        width = xs[0].size(1)
+        if self.components > width:
+            raise ValueError(f"node_features.components={self.components} is more than the "
+                             f"{width} {modality} node features")
+        scatter = torch.zeros(width, width, dtype=torch.float64)
+        for x in xs:
+            z = (self._centred(x).double() - self.mean_[modality]) / self.scale_[modality]
+            scatter += z.T @ z
+        values, vectors = torch.linalg.eigh(scatter / count)
+        axes = vectors[:, values.argsort(descending=True)[: self.components]]
+        # A deterministic sign per axis: its largest loading is positive.
+        signs = torch.sign(axes.gather(0, axes.abs().argmax(0, keepdim=True)))
+        return (axes * signs).float()
+
+    def widths(self) -> dict[str, int]:
+        """The number of node features ``transform`` writes, per fitted modality."""
+        return {m: self.axes_[m].size(1) if m in self.axes_ else mean.numel() for m, mean in self.mean_.items()}
+
+    def out_dims(self, in_dims: dict[str, int]) -> dict[str, int]:
+        """The node-feature widths the model sees, per modality of ``in_dims``."""
+        return {**in_dims, **{m: w for m, w in self.widths().items() if m in in_dims}}
+
     def transform(self, modality: str, x: Tensor, out: Tensor | None = None) -> Tensor:
-        """Standardised node features of one ``modality`` graph, written into ``out`` if given."""
+        """Preprocessed node features of one ``modality`` graph, written into ``out`` if given."""
+        self._check(modality)
+        axes = self.axes_.get(modality)
+        if axes is None and self.center == "none":
+            out = torch.sub(x, self.mean_[modality], out=out)
+            return out.div_(self.scale_[modality])
+        z = (self._centred(x) - self.mean_[modality]).div_(self.scale_[modality])
+        if axes is None:
+            return z if out is None else out.copy_(z)
+        return torch.matmul(z, axes, out=out)
+
+    def _check(self, modality: str) -> None:
         if modality not in self.mean_:
             raise ValueError(f"scaler was not fitted on any {modality} graph")
-        out = torch.sub(x, self.mean_[modality], out=out)
-        return out.div_(self.scale_[modality])
 
     def state_dict(self) -> dict:
-        return {"mean": self.mean_, "scale": self.scale_}
+        return {"center": self.center, "components": self.components,
+                "mean": self.mean_, "scale": self.scale_, "axes": self.axes_}

@@ -63,7 +63,8 @@ def batches(patients: list[Patient], size: int, generator: torch.Generator | Non
 
 
 def _prepare(chunk: list[Patient], scaler: NodeScaler, device: torch.device, cache: CollateCache):
-    batch = collate_patients([p.graphs for p in chunk], transform=scaler.transform, cache=cache).to(device)
+    batch = collate_patients([p.graphs for p in chunk], transform=scaler.transform, widths=scaler.widths(),
+                             cache=cache).to(device)
     time = torch.tensor([p.time for p in chunk], dtype=torch.float32, device=device)
     event = torch.tensor([p.event for p in chunk], dtype=torch.float32, device=device)
     return batch, time, event

@@ -58,7 +58,7 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 # Keys the benchmark sets itself: an override of one of them would break the layout or the folds.
 TRAIN_KEYS = frozenset({"data.manifest", "data.graph_dir", "output_dir", "model", "modalities", "threads", "fold"})
 SURVIVAL_KEYS = frozenset({"run_dir", "features", "output_dir", "data.manifest", "models",
-                           "selection.univariate_cox"})
+                           "selection.univariate_cox", "tuning.n_jobs", "estimators.RSF.n_jobs"})
 # What a family's cohort depends on (write_planted_cohort's arguments).
 SETTINGS_KEYS = ("n_patients", "seed", "cohort")
 
@@ -156,7 +156,9 @@ def plan_family(*, cfg: DictConfig, family: str, aggregators: list[str], output_
     root = output_dir / family
     cohort = root / "cohort"
     first_run = root / aggregators[0]
-    survival_base = ["models=[CoxPH]", "selection.univariate_cox=false",
+    # One process per job: the pool shares the cores (and a worker process of the pool must not
+    # start worker processes of its own).
+    survival_base = ["models=[CoxPH]", "selection.univariate_cox=false", "tuning.n_jobs=1", "estimators.RSF.n_jobs=1",
                      f"data.manifest={_quoted(cohort / 'manifest.csv')}", *map(str, cfg.survival_overrides)]
     jobs = []
     for aggregator in aggregators:

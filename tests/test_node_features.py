@@ -1,0 +1,77 @@
+"""Node-feature preprocessing (radiopath.training.scaling.NodeScaler) against numpy and scikit-learn."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.decomposition import PCA
+from torch_geometric.data import Data
+
+from radiopath.models import collate_patients
+from radiopath.training.cohort import Patient
+from radiopath.training.scaling import NodeScaler
+
+
+def patients(n=6, width=5, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        x = rng.normal(size=(int(rng.integers(20, 40)), width)) + rng.normal(size=width) * 3  # per-graph offset
+        x[:, 1] *= 4.0  # the widest feature
+        graph = Data(x=torch.tensor(x, dtype=torch.float32), edge_index=torch.zeros(2, 0, dtype=torch.long))
+        out.append(Patient(case_id=f"p{i}", graphs={"pathology": graph}, time=100.0 + i, event=i % 2))
+    return out
+
+
+def test_graph_centring_and_principal_axes_match_numpy_and_sklearn():
+    cohort = patients()
+    scaler = NodeScaler(center="graph", components=3).fit(cohort)
+    centred = [p.graphs["pathology"].x.double().numpy() for p in cohort]
+    centred = [x - np.sort(x, axis=0)[(len(x) - 1) // 2] for x in centred]  # torch's median: the lower middle
+    nodes = np.concatenate(centred)
+    z = (nodes - nodes.mean(0)) / nodes.std(0)
+    pca = PCA(n_components=3).fit(z)
+    ours = torch.cat([scaler.transform("pathology", p.graphs["pathology"].x) for p in cohort]).double().numpy()
+    reference = z @ pca.components_.T
+    signs = np.sign((ours * reference).sum(0))  # an axis is defined up to its sign
+    np.testing.assert_allclose(ours, reference * signs, atol=1e-4)
+    # not whitened: each axis keeps its variance, largest first
+    np.testing.assert_allclose(ours.var(0), pca.explained_variance_ * (len(z) - 1) / len(z), rtol=1e-4)
+    assert scaler.widths() == {"pathology": 3} and scaler.out_dims({"pathology": 5}) == {"pathology": 3}
+
+
+def test_graph_centring_removes_a_shared_offset():
+    cohort = patients()
+    scaler = NodeScaler(center="graph").fit(cohort)
+    shifted = cohort[0].graphs["pathology"].x + 7.0
+    torch.testing.assert_close(scaler.transform("pathology", shifted),
+                               scaler.transform("pathology", cohort[0].graphs["pathology"].x))
+
+
+def test_axes_do_not_depend_on_the_order_of_the_patients():
+    cohort = patients()
+    a = NodeScaler(components=2).fit(cohort).axes_["pathology"]
+    b = NodeScaler(components=2).fit(cohort[::-1]).axes_["pathology"]
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)  # signs fixed too
+
+
+def test_collated_batch_has_the_reduced_width():
+    cohort = patients()
+    scaler = NodeScaler(center="graph", components=2).fit(cohort)
+    batch = collate_patients([p.graphs for p in cohort], transform=scaler.transform, widths=scaler.widths())
+    expected = torch.cat([scaler.transform("pathology", p.graphs["pathology"].x) for p in cohort])
+    torch.testing.assert_close(batch.graphs["pathology"].x, expected)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"center": "slide"}, "node_features.center"),
+    ({"components": 0}, "node_features.components"),
+    ({"components": 2.5}, "node_features.components"),
+])
+def test_bad_settings_fail_naming_the_key(settings, message):
+    with pytest.raises(ValueError, match=message):
+        NodeScaler(**settings)
+
+
+def test_more_components_than_features_is_an_error():
+    with pytest.raises(ValueError, match="more than the 5 pathology node features"):
+        NodeScaler(components=6).fit(patients())
