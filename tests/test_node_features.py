@@ -72,6 +72,11 @@ def test_bad_settings_fail_naming_the_key(settings, message):
         NodeScaler(**settings)
 
 
-def test_more_components_than_features_is_an_error():
-    with pytest.raises(ValueError, match="more than the 5 pathology node features"):
-        NodeScaler(components=6).fit(patients())
+def test_more_components_than_features_keeps_them_all_rotated():
+    cohort = patients()
+    scaler = NodeScaler(components=6).fit(cohort)
+    assert scaler.widths() == {"pathology": 5}
+    x = cohort[0].graphs["pathology"].x
+    plain = NodeScaler().fit(cohort).transform("pathology", x)
+    torch.testing.assert_close(scaler.transform("pathology", x) @ scaler.axes_["pathology"].T, plain,
+                               atol=1e-5, rtol=1e-4)

@@ -12,8 +12,12 @@ Per modality, in this order:
 - :math:`\mu, \sigma` over all (centred) nodes of the training patients; features with
   :math:`\sigma \approx 0` are only centred.
 - ``components=q``: :math:`U_q` holds the top-q principal axes of the standardised training
-  nodes (not whitened: the variance along each axis is kept, so a direction along which a
-  few regions stand out keeps its weight); ``None`` keeps every feature.
+  nodes (all of them, a rotation, if the modality has at most q features; not whitened: the
+  variance along each axis is kept, so a direction along which a few regions stand out keeps
+  its weight); ``None`` keeps the features as they are. Why: a prognostic tissue type that
+  differs from the rest of its slide is a direction of large variance over the cohort's nodes;
+  on the planted-signal benchmark the top axes hold it and a survival loss on 120 patients
+  finds it among 8 axes far more easily than among 32 raw features.
 
 Applied graph by graph while a batch is collated, writing into the batch's own
 node-feature storage, so the cohort's graphs are never copied or modified.
@@ -71,15 +75,12 @@ class NodeScaler:
 
     def _principal_axes(self, modality: str, xs: list[Tensor], count: int) -> Tensor:
         width = xs[0].size(1)
-        if self.components > width:
-            raise ValueError(f"node_features.components={self.components} is more than the "
-                             f"{width} {modality} node features")
         scatter = torch.zeros(width, width, dtype=torch.float64)
         for x in xs:
             z = (self._centred(x).double() - self.mean_[modality]) / self.scale_[modality]
             scatter += z.T @ z
         values, vectors = torch.linalg.eigh(scatter / count)
-        axes = vectors[:, values.argsort(descending=True)[: self.components]]
+        axes = vectors[:, values.argsort(descending=True)[: self.components]]  # all of them if fewer
         # A deterministic sign per axis: its largest loading is positive.
         signs = torch.sign(axes.gather(0, axes.abs().argmax(0, keepdim=True)))
         return (axes * signs).float()
