@@ -104,6 +104,19 @@ def test_chosen_values_are_recorded_and_trained_with(compose_config, tmp_path):
                                   pd.read_csv(tmp_path / "direct" / "fold0" / "vectors.csv"), check_exact=True)
 
 
+def test_node_features_can_be_tuned_inside_the_fold(compose_config, tmp_path):
+    manifest = toy_cohort(tmp_path, n=20)
+    cfg = train_config(compose_config, tmp_path, manifest, *TINY, "fold=0", "tune.enabled=true", "tune.inner_folds=2",
+                       "tune.grid={node_features.components:[null,2]}", "node_features.center=graph")
+    assert run_training(cfg).ok
+    table = pd.read_csv(tmp_path / "run" / "fold0" / "tuning.csv")
+    assert table["node_features.components"].isna().tolist() == [True, False]
+    saved = torch.load(tmp_path / "run" / "fold0" / "model.pt", weights_only=True)
+    chosen = saved["tuned"]["node_features.components"]
+    assert saved["scaler"]["components"] == chosen
+    assert saved["in_dims"]["pathology"] == (2 if chosen == 2 else saved["scaler"]["mean"]["pathology"].numel())
+
+
 @pytest.mark.parametrize("grid, bad", [
     ("{training.learning_rate:[1e-3]}", "training.learning_rate"),
     ("{model.kwargs.ratio:[0.2,0.5]}", "model.kwargs.ratio"),  # abmil has no top-k ratio

@@ -28,7 +28,7 @@ from radiopath.training.folds import make_folds
 
 log = logging.getLogger(__name__)
 
-TUNABLE = ("training.", "model.kwargs.")
+TUNABLE = ("training.", "model.kwargs.", "node_features.")
 SCORES = ("cindex",)
 _ABSENT = object()
 
@@ -64,7 +64,7 @@ def tuning_grid(cfg: DictConfig) -> dict[str, list]:
         raise ValueError("tune.enabled=true but tune.grid is empty, e.g. tune.grid='{training.lr:[3e-4,1e-3]}'")
     for key, values in grid.items():
         if not key.startswith(TUNABLE) or OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
-            raise ValueError(f"tune.grid key {key!r} is not a setting under training or model.kwargs "
+            raise ValueError(f"tune.grid key {key!r} is not a setting under training, model.kwargs or node_features "
                              f"(model {cfg.model.name})")
         if not isinstance(values, list) or not values:
             raise ValueError(f"tune.grid key {key!r}: give a non-empty list of values, not {values!r}")
