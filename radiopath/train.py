@@ -67,13 +67,18 @@ class Fitted(NamedTuple):
     seconds: float
 
 
+def node_scaler(cfg: DictConfig) -> NodeScaler:
+    """An unfitted node scaler with ``cfg.node_features``; a bad value fails naming its key."""
+    return NodeScaler(**OmegaConf.to_container(cfg.node_features, resolve=True))
+
+
 def fit_model(cfg: DictConfig, in_dims: dict[str, int], train: list[Patient], watch: list[Patient], *,
               seed: int, device: torch.device, desc: str) -> Fitted:
     """Build ``cfg.model`` and fit it on ``train`` (scaler too); ``watch`` is only scored for the curve."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model_kwargs = OmegaConf.to_container(cfg.model.kwargs, resolve=True)
-    scaler = NodeScaler(**OmegaConf.to_container(cfg.node_features, resolve=True)).fit(train)
+    scaler = node_scaler(cfg).fit(train)
     model = build_aggregator(cfg.model.name, scaler.out_dims(in_dims), **model_kwargs).to(device)
     settings = TrainSettings(**OmegaConf.to_container(cfg.training, resolve=True))
     start = time.perf_counter()
@@ -195,6 +200,7 @@ def run_training(cfg: DictConfig) -> RunSummary:
     out = Path(cfg.output_dir)
     if cfg.tune.enabled:
         tuning_grid(cfg)  # a bad grid fails here, not after the first folds have trained
+    node_scaler(cfg)  # so does a bad node_features value
     torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))

@@ -72,6 +72,16 @@ def test_bad_settings_fail_naming_the_key(settings, message):
         NodeScaler(**settings)
 
 
+def test_a_bad_setting_stops_training_before_it_starts(compose_config, tmp_path):
+    from radiopath.train import run_training
+    from test_training import toy_cohort, train_config
+
+    cfg = train_config(compose_config, tmp_path, toy_cohort(tmp_path, n=10), "node_features.components=-1")
+    with pytest.raises(ValueError, match="node_features.components"):
+        run_training(cfg)
+    assert not (tmp_path / "run").exists()
+
+
 def test_more_components_than_features_keeps_them_all_rotated():
     cohort = patients()
     scaler = NodeScaler(components=6).fit(cohort)
