@@ -16,6 +16,7 @@ from sklearn.metrics import roc_auc_score
 from radiopath.classification import ct_inputs
 from radiopath.classification.base import build_pipeline
 from radiopath.classification.run import PipelineSpec, evaluate
+from radiopath.classification.sharing import fresh_dict
 from radiopath.classification.splits import TEST, make_splits
 from radiopath.classification.tasks import load_task
 from radiopath.data.demo_cohort import make_demo_cohort
@@ -96,7 +97,7 @@ def test_prepared_case_equals_preprocess_ct_and_is_read_once_per_case_when_share
                            normalisation="hu_window", **settings)  # 80 voxels leave the 64-voxel volume: padding
     reads = []
     monkeypatch.setattr(ct_inputs, "read_ct", lambda path, case_id: reads.append(path) or read_ct(path, case_id))
-    with ct_inputs._shared_volumes():
+    with fresh_dict(ct_inputs._VOLUMES):
         ours = [ct_inputs.prepare_case(row, **settings) for _ in range(2)]
     assert len(reads) == 2  # CT and mask, once for both crops
     for prepared in ours:

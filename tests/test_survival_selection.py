@@ -18,6 +18,15 @@ def survival_data(n=120, seed=0):
     return X, Surv.from_arrays(event=event, time=time)
 
 
+def write_uid_table(path, seed):
+    """A 60-patient feature table whose first column, ``uid``, names the rows a spied fit sees."""
+    X, y = survival_data(n=60, seed=seed)
+    X.insert(0, "uid", np.arange(len(X)) + 0.5)
+    table = X.assign(case_id=[f"p{i}" for i in range(len(X))], os_time=y["time"], os_event=y["event"].astype(int))
+    table.to_csv(path, index=False)
+    return table
+
+
 def test_near_constant_filter_drops_constant_and_rare_columns():
     X, _ = survival_data()
     X["constant"] = 3.0
@@ -49,11 +58,7 @@ def test_univariate_cox_keeps_the_best_feature_when_none_passes():
 
 
 def test_selector_only_ever_sees_training_rows(compose_config, tmp_path, monkeypatch):
-    X, y = survival_data(n=60, seed=1)
-    # a unique value per patient identifies the rows the selector is fitted on
-    X.insert(0, "uid", np.arange(len(X)) + 0.5)
-    table = X.assign(case_id=[f"p{i}" for i in range(len(X))], os_time=y["time"], os_event=y["event"].astype(int))
-    table.to_csv(tmp_path / "table.csv", index=False)
+    table = write_uid_table(tmp_path / "table.csv", seed=1)
 
     seen = []
     original_fit = UnivariateCoxSelector.fit
@@ -87,10 +92,7 @@ def test_selector_only_ever_sees_training_rows(compose_config, tmp_path, monkeyp
 
 
 def test_filters_are_fitted_once_per_split_for_all_grids_and_models(compose_config, tmp_path, monkeypatch):
-    X, y = survival_data(n=60, seed=2)
-    X.insert(0, "uid", np.arange(len(X)) + 0.5)  # names the rows each fit sees
-    table = X.assign(case_id=[f"p{i}" for i in range(len(X))], os_time=y["time"], os_event=y["event"].astype(int))
-    table.to_csv(tmp_path / "table.csv", index=False)
+    write_uid_table(tmp_path / "table.csv", seed=2)
 
     seen = {NearConstantFilter: [], UnivariateCoxSelector: []}
     for cls, rows in seen.items():

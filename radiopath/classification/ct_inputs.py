@@ -27,8 +27,7 @@ import functools
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +35,7 @@ import pandas as pd
 import SimpleITK as sitk
 from scipy import ndimage
 
+from radiopath.classification.sharing import fresh_dict
 from radiopath.data.readers import read_ct
 from radiopath.encoders.radiomics import radiomics_maps, radiomics_scalar
 from radiopath.errors import CaseError
@@ -149,16 +149,6 @@ def pending(function: Callable[[Mapping], object], row: Mapping) -> bool:
         _PROBING.reset(token)
 
 
-@contextmanager
-def _shared_volumes() -> Iterator[None]:
-    """Inside the block a case is read and resampled once per file, spacing and window."""
-    token = _VOLUMES.set({})
-    try:
-        yield
-    finally:
-        _VOLUMES.reset(token)
-
-
 def prepare_inputs(row: Mapping, functions: Sequence[Callable[[Mapping], object]]) -> list[str]:
     """Compute the inputs ``functions`` of one case that are :func:`pending`, sharing its preprocessing.
 
@@ -166,7 +156,7 @@ def prepare_inputs(row: Mapping, functions: Sequence[Callable[[Mapping], object]
     it to report in its own context.
     """
     errors = []
-    with _shared_volumes():
+    with fresh_dict(_VOLUMES):  # a case is read and resampled once per file, spacing and window
         for function in functions:
             if not pending(function, row):
                 continue

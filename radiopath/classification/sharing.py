@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from typing import TypeVar
 
@@ -25,13 +25,18 @@ _FITS: ContextVar[dict | None] = ContextVar("shared_fits", default=None)
 
 
 @contextmanager
-def shared_fits() -> Iterator[None]:
-    """Inside the block, equal :func:`fit_once` keys get one fitted object; it is dropped afterwards."""
-    token = _FITS.set({})
+def fresh_dict(var: ContextVar[dict | None]) -> Iterator[None]:
+    """Inside the block ``var`` holds a new empty dict (a cache of the block); afterwards its old value."""
+    token = var.set({})
     try:
         yield
     finally:
-        _FITS.reset(token)
+        var.reset(token)
+
+
+def shared_fits() -> AbstractContextManager[None]:
+    """Inside the block, equal :func:`fit_once` keys get one fitted object; it is dropped afterwards."""
+    return fresh_dict(_FITS)
 
 
 def fit_once(key: Mapping, fit: Callable[[], T]) -> T:
