@@ -43,7 +43,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The cohort is generated once, and again (with its features and graphs) when
-# conf/demo.yaml changes; the manifest is written last, so it marks a complete
+# radiopath/conf/demo.yaml changes; the manifest is written last, so it marks a complete
 # cohort. Encoding and graph building skip the cases they have already done.
 # Training skips finished folds, so a rerun only redoes what is missing.
 # The demo's slides are analysed in 64-um tiles (wsi=demo) with matching clustering
@@ -64,7 +64,7 @@ demo-survival: $(DEMO)/manifest.csv
 	$(PY) -m radiopath.survival run_dir=runs/demo/radiopathomics_sparra selection.univariate_cox=false
 	$(PY) -m radiopath.report run_dirs=[$(subst $(space),$(comma),$(addprefix runs/demo/,$(DEMO_RUNS)))] output=reports/demo
 
-# The six deep pipelines at demo size first (conf/experiment_classify/malignancy_deep_demo.yaml):
+# The six deep pipelines at demo size first (radiopath/conf/experiment_classify/malignancy_deep_demo.yaml):
 # they compute every case's inputs once, including the demo radiomics the three TR tasks read.
 demo-classify: $(DEMO_CLASSIFY)/manifest.csv
 	@mkdir -p reports/demo/classify && echo "CT classification: log in reports/demo/classify/demo.log"
@@ -76,12 +76,12 @@ demo-classify: $(DEMO_CLASSIFY)/manifest.csv
 	@echo "CT classification: done, reports in reports/demo/classify/"
 
 # reports/demo/classify belongs to the classification cohort, which may be running beside this.
-$(DEMO)/manifest.csv: $(STAMP) conf/demo.yaml
+$(DEMO)/manifest.csv: $(STAMP) radiopath/conf/demo.yaml
 	rm -rf $(DEMO) graphs/demo runs/demo
 	test ! -d reports/demo || find reports/demo -mindepth 1 -maxdepth 1 ! -name classify -exec rm -rf {} +
 	$(PY) -m radiopath.demo output_dir=$(DEMO)
 
-$(DEMO_CLASSIFY)/manifest.csv: $(STAMP) conf/demo.yaml
+$(DEMO_CLASSIFY)/manifest.csv: $(STAMP) radiopath/conf/demo.yaml
 	rm -rf $(DEMO_CLASSIFY) reports/demo/classify
 	$(PY) -m radiopath.demo output_dir=$(DEMO_CLASSIFY) n_patients=150 seed=1 slides=false
 

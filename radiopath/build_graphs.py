@@ -86,7 +86,7 @@ def build_cohort_graphs(cfg: DictConfig) -> list[RunSummary]:
     return summaries
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="build_graphs")
+@hydra.main(version_base="1.3", config_path="conf", config_name="build_graphs")
 def main(cfg: DictConfig) -> None:
     with run_record("build_graphs", cfg, cfg.output_dir, record_filename(cfg.shard, cfg.num_shards)):
         summaries = build_cohort_graphs(cfg)

@@ -23,8 +23,9 @@ from typing import Callable, Iterable
 from omegaconf import OmegaConf
 
 from radiopath.io import is_temporary
+from radiopath.config import CONF_DIR
 
-ITEMS_FILE = Path(__file__).resolve().parents[1] / "conf" / "checklist.yaml"
+ITEMS_FILE = CONF_DIR / "checklist.yaml"
 STATUSES = ("recorded", "partly", "missing", "author")
 GB = 1024 ** 3
 

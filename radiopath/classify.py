@@ -19,7 +19,7 @@ from radiopath.classification.stage import run_stage
 from radiopath.repro import run_record
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="classify")
+@hydra.main(version_base="1.3", config_path="conf", config_name="classify")
 def main(cfg: DictConfig) -> None:
     """Evaluate ``cfg.pipelines`` on ``cfg.task`` and write tables, figures and report.html."""
     with run_record("classify", cfg, cfg.output_dir) as record, limited_threads(cfg.threads):

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from radiopath.data.demo_cohort import RUN_KEYS, describe_cohort, make_demo_cohort
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="demo")
+@hydra.main(version_base="1.3", config_path="conf", config_name="demo")
 def main(cfg: DictConfig) -> None:
     """Generate the cohort described by ``conf/demo.yaml`` and print a summary."""
     params = {key: value for key, value in OmegaConf.to_container(cfg, resolve=True).items() if key not in RUN_KEYS}

@@ -111,7 +111,7 @@ def encode_cohort(cfg: DictConfig) -> list[RunSummary]:
     return [encode_modality(cfg, load_modality_manifest(cfg, m), m) for m in cfg.modalities]
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="encode")
+@hydra.main(version_base="1.3", config_path="conf", config_name="encode")
 def main(cfg: DictConfig) -> None:
     with run_record("encode", cfg, cfg.data.features_dir, record_filename(cfg.shard, cfg.num_shards)):
         summaries = encode_cohort(cfg)

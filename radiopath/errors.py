@@ -14,3 +14,19 @@ class CaseError(Exception):
 
 class ManifestError(ValueError):
     """The cohort manifest as a whole cannot be used (missing file or required column)."""
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; names its key (``model.kwargs.ratio``).
+
+    Raised before any case is processed, so a typo costs seconds, not a run.
+    """
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+    def under(self, prefix: str) -> "ConfigError":
+        """The same error with its key inside ``prefix`` (``ratio`` -> ``model.kwargs.ratio``)."""
+        return ConfigError(f"{prefix}.{self.key}", self.problem)

@@ -247,7 +247,7 @@ def run_training(cfg: DictConfig) -> RunSummary:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
     with run_record("train", cfg, cfg.output_dir, part_filename(RECORD_NAME, cfg)):
         summary = run_training(cfg)

@@ -6,9 +6,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-import radiopath.config  # noqa: F401  (registers the ${dirname:} resolver)
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+from radiopath.config import CONF_DIR  # also registers the ${dirname:} resolver
 
 # Two cores: keep torch from oversubscribing them in tests.
 torch.set_num_threads(1)

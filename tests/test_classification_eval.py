@@ -22,8 +22,9 @@ from radiopath.classification.splits import TEST, make_splits
 from radiopath.classification.stage import pipeline_specs, run_stage
 from radiopath.classification.tasks import load_task
 from radiopath.errors import ManifestError
+from radiopath.config import CONF_DIR
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = CONF_DIR
 CALLS: list[tuple[str, list[str]]] = []  # (fit | predict, case ids) of every SpyPipeline
 
 

@@ -19,8 +19,9 @@ from radiopath.encoders import build_encoder, list_encoders
 from radiopath.encoders.checkpoints import CheckpointError, RandomWeightsWarning
 from radiopath.errors import CaseError
 from radiopath.preprocess.ct import PreparedCT
+from radiopath.config import CONF_DIR
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "encoder"
+ENCODER_CONF = CONF_DIR / "encoder"
 TINY_VIT = dict(img_size=32, depth=1, embed_dim=32, num_heads=2)
 TINY_SWIN = dict(embed_dim=24, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))
 TINY_CT = dict(img_size=(8, 32, 32), patch_size=(4, 8, 8), hidden_size=32, mlp_dim=64, num_layers=1, num_heads=2)
@@ -255,7 +256,7 @@ def test_m3d_clip_gives_one_vector_at_the_tumour_centroid():
 # --- configs ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", sorted(CONF_DIR.glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.stem}")
+@pytest.mark.parametrize("path", sorted(ENCODER_CONF.glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_encoder_configs_name_a_registered_encoder(path):
     cfg = OmegaConf.load(path)
     assert {"name", "checkpoint", "batch_size", "kwargs"} <= set(cfg)

@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from radiopath.data.readers import read_ct
 from radiopath.errors import CaseError
+from radiopath.config import CONF_DIR
 from radiopath.preprocess.ct import (
     hu_window_normalise,
     largest_component,
@@ -17,7 +18,7 @@ from radiopath.preprocess.ct import (
     segvol_normalise,
 )
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = CONF_DIR
 SPACING = (0.8, 0.9, 2.5)
 ORIGIN = (30.0, -12.0, 40.0)
 DIRECTION = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)  # LPS-style flips: geometry must be honoured

@@ -11,8 +11,9 @@ from radiopath.data.pyramid_tiff import write_pyramidal_tiff
 from radiopath.data.readers import open_slide, slide_mpp
 from radiopath.errors import CaseError
 from radiopath.preprocess.wsi import read_tiles, tile_grid, tissue_mask
+from radiopath.config import CONF_DIR
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = CONF_DIR
 SLIDE_MPP = 0.5
 HEIGHT, WIDTH = 1536, 2048
 SPECK = (slice(208, 256), slice(1808, 1856))  # 24 µm dust, 3x3 thumbnail pixels: far below min_area_um2

@@ -10,8 +10,9 @@ from radiomics import featureextractor, firstorder
 from radiopath.encoders.radiomics import radiomics_maps, radiomics_scalar
 from radiopath.errors import CaseError
 from radiopath.preprocess.ct import PreparedCT
+from radiopath.config import CONF_DIR
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "encoder" / "radiology"
+CONF = CONF_DIR / "encoder" / "radiology"
 SIZE, CENTRE, RADIUS = 20, 10, 6
 ORIGIN = (-30.0, 12.0, 5.0)
 

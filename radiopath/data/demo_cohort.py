@@ -91,10 +91,11 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull
 from tqdm import tqdm
 
+from radiopath.config import CONF_DIR
 from radiopath.data.pyramid_tiff import write_pyramidal_tiff
 from radiopath.io import atomic_path, atomic_write, atomic_write_csv
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "demo.yaml"
+DEFAULT_CONFIG = CONF_DIR / "demo.yaml"
 # Keys of conf/demo.yaml that steer the run rather than the generative model.
 RUN_KEYS = ("output_dir", "n_patients", "seed", "hydra")
 DAYS_PER_MONTH = 365.25 / 12

@@ -19,7 +19,7 @@ from radiopath.report.build import build_report
 from radiopath.repro import RECORD_NAME, run_record
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="report")
+@hydra.main(version_base="1.3", config_path="../conf", config_name="report")
 def main(cfg: DictConfig) -> None:
     with run_record("report", cfg, cfg.output) as record:
         for run_dir in cfg.run_dirs:

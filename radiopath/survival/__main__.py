@@ -21,7 +21,7 @@ from radiopath.repro import run_record
 from radiopath.survival.stage import output_dir_for, run_stage
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="survival")
+@hydra.main(version_base="1.3", config_path="../conf", config_name="survival")
 def main(cfg: DictConfig) -> None:
     with run_record("survival", cfg, output_dir_for(cfg)) as record:
         result, summary, output_dir = run_stage(cfg)

@@ -20,7 +20,7 @@ from radiopath.validate.benchmark import run_benchmark
 from radiopath.validate.planted import FAMILIES, write_planted_cohort
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="validate")
+@hydra.main(version_base="1.3", config_path="../conf", config_name="validate")
 def main(cfg: DictConfig) -> None:
     """Run the benchmark of ``conf/validate.yaml``; print the table and the total wall time."""
     with run_record("validate", cfg, cfg.output_dir):

@@ -45,6 +45,7 @@ from omegaconf import DictConfig, OmegaConf
 from threadpoolctl import threadpool_limits
 
 from radiopath import config  # noqa: F401  (registers the ${dirname:} resolver, in workers too)
+from radiopath.config import CONF_DIR
 from radiopath.encoders.features import MODALITIES
 from radiopath.io import atomic_write_text
 from radiopath.models import AGGREGATORS
@@ -54,7 +55,6 @@ from radiopath.survival.stage import output_dir_for, run_stage
 from radiopath.train import run_training
 from radiopath.validate import scores
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 # Keys the benchmark sets itself: an override of one of them would break the layout or the folds.
 TRAIN_KEYS = frozenset({"data.manifest", "data.graph_dir", "output_dir", "model", "modalities", "threads", "fold"})
 SURVIVAL_KEYS = frozenset({"run_dir", "features", "output_dir", "data.manifest", "models",

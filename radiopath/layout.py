@@ -1,0 +1,183 @@
+"""Every on-disk path and column the stages share, in one place.
+
+The stages talk through files; this module names them. Writers and readers both
+use it, so a file moved or a column renamed here moves everywhere.
+
+Feature store (``encode``)
+    ``{features_dir}/{modality}/{encoder}/{case_id}.pt``, ``encoder`` from
+    :func:`encoder_dirname` (``timm:vit_small`` -> ``timm-vit_small``).
+Graph store (``build_graphs``)
+    ``{graph_dir}/{modality}/{case_id}.pt``.
+Training run folder (``train``, read by ``survival`` and ``report``), :class:`RunFolder`
+    ``config.yaml``, ``folds.csv`` (``case_id, fold``), ``fold{k}/model.pt``,
+    ``fold{k}/history.csv``, ``fold{k}/vectors.csv`` (``case_id, split, risk, v0 … vD``),
+    ``fold{k}/importance/{case_id}.pt``, ``fold{k}/tuning.csv``, ``survival/``.
+Survival folder (``survival``, read by ``report``), :class:`SurvivalFolder`
+    ``metrics.csv``, ``summary.csv``, ``predictions.csv``, ``settings.json``,
+    ``logrank.csv``, ``km_{model}.png``, ``folds.csv`` when the folds were made there.
+Every stage's output folder
+    ``run_record.json`` (:mod:`radiopath.repro`) and ``failures.csv``; a job that
+    does one shard or some folds of a stage writes its own copies (:func:`part_filename`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+RECORD_NAME = "run_record.json"
+FAILURES_NAME = "failures.csv"
+VECTOR_PREFIX = "v"
+_VECTOR_COLUMN = re.compile(rf"{VECTOR_PREFIX}\d+")
+_FOLD_DIR = re.compile(r"fold(\d+)")
+
+
+# --- feature and graph stores ---------------------------------------------------------------
+
+
+def encoder_dirname(name: str) -> str:
+    """Folder name for an encoder (``timm:resnet18`` -> ``timm-resnet18``)."""
+    return name.replace(":", "-").replace("/", "-")
+
+
+def features_dir(root: str | Path, modality: str, encoder: str) -> Path:
+    """The folder of one modality's features from one encoder (``encoder`` as configured)."""
+    return Path(root) / modality / encoder_dirname(encoder)
+
+
+def features_path(root: str | Path, modality: str, encoder: str, case_id: str) -> Path:
+    """Where the features of one case, modality and encoder live."""
+    return features_dir(root, modality, encoder) / f"{case_id}.pt"
+
+
+def graph_path(graph_dir: str | Path, modality: str, case_id: str) -> Path:
+    """Where one case's graph of one modality lives."""
+    return Path(graph_dir) / modality / f"{case_id}.pt"
+
+
+# --- names of a job's own files ---------------------------------------------------------------
+
+
+def part_filename(name: str, *, shard: int = 0, num_shards: int = 1, folds: list[int] | None = None) -> str:
+    """``name`` for a whole-stage job; ``{stem}_shard{i}of{n}.{ext}`` or ``{stem}_fold{k}.{ext}`` for a part.
+
+    Jobs of one stage share its output folder: per-part names keep them from
+    overwriting each other's record and failures (``_fold0+2`` for a list of folds).
+    """
+    stem, ext = name.split(".", 1)
+    if folds is not None:
+        return f"{stem}_fold{'+'.join(map(str, folds))}.{ext}"
+    if num_shards > 1:
+        return f"{stem}_shard{shard}of{num_shards}.{ext}"
+    return name
+
+
+# --- vectors.csv columns --------------------------------------------------------------------
+
+
+def vector_columns(width: int) -> list[str]:
+    """The names of a patient vector's ``width`` columns: ``v0 … v{width-1}``."""
+    return [f"{VECTOR_PREFIX}{i}" for i in range(width)]
+
+
+def is_vector_column(name: str) -> bool:
+    """True for ``v0``, ``v17``; false for ``risk``, ``split`` and other columns."""
+    return bool(_VECTOR_COLUMN.fullmatch(str(name)))
+
+
+# --- folders ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The files of one training run (``train``'s ``output_dir``)."""
+
+    root: Path
+
+    def __init__(self, root: str | Path):
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def folds(self) -> Path:
+        return self.root / "folds.csv"
+
+    @property
+    def survival(self) -> Path:
+        return self.root / "survival"
+
+    def fold(self, k: int) -> Path:
+        return self.root / f"fold{k}"
+
+    def model(self, k: int) -> Path:
+        return self.fold(k) / "model.pt"
+
+    def history(self, k: int) -> Path:
+        return self.fold(k) / "history.csv"
+
+    def vectors(self, k: int) -> Path:
+        """Written last by training: its presence marks fold ``k`` finished."""
+        return self.fold(k) / "vectors.csv"
+
+    def tuning(self, k: int) -> Path:
+        return self.fold(k) / "tuning.csv"
+
+    def importance(self, k: int, case_id: str) -> Path:
+        return self.fold(k) / "importance" / f"{case_id}.pt"
+
+    def fold_dirs(self) -> list[tuple[int, Path]]:
+        """``(k, fold{k}/)`` of the folds present, by ``k``."""
+        found = []
+        if self.root.is_dir():
+            for path in self.root.iterdir():
+                match = _FOLD_DIR.fullmatch(path.name)
+                if match and path.is_dir():
+                    found.append((int(match.group(1)), path))
+        return sorted(found)
+
+    def importance_files(self) -> dict[str, Path]:
+        """case_id -> its importance file (each case is a test patient of one fold)."""
+        return {file.stem: file for _, fold_dir in self.fold_dirs()
+                for file in sorted((fold_dir / "importance").glob("*.pt"))}
+
+
+@dataclass(frozen=True)
+class SurvivalFolder:
+    """The files of one survival benchmark (``survival``'s output folder)."""
+
+    root: Path
+
+    def __init__(self, root: str | Path):
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.csv"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.csv"
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / "predictions.csv"
+
+    @property
+    def settings(self) -> Path:
+        return self.root / "settings.json"
+
+    @property
+    def logrank(self) -> Path:
+        return self.root / "logrank.csv"
+
+    @property
+    def folds(self) -> Path:
+        """Only when the survival stage made the folds (a feature table without a run)."""
+        return self.root / "folds.csv"
+
+    def km_figure(self, model: str) -> Path:
+        return self.root / f"km_{model}.png"
