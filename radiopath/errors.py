@@ -1,6 +1,11 @@
-"""Errors that name the case and the problem."""
+"""Errors that name the case and the problem, and the checks that raise :class:`ConfigError`."""
 
 from __future__ import annotations
+
+import math
+import numbers
+import re
+from collections.abc import Collection
 
 
 class CaseError(Exception):
@@ -30,3 +35,35 @@ class ConfigError(ValueError):
     def under(self, prefix: str) -> "ConfigError":
         """The same error with its key inside ``prefix`` (``ratio`` -> ``model.kwargs.ratio``)."""
         return ConfigError(f"{prefix}.{self.key}", self.problem)
+
+
+_INTERVAL = re.compile(r"([\[(])\s*([^,\s]+)\s*,\s*([^\]\)\s]+)\s*([\])])")
+
+
+def check_number(key: str, value: object, interval: str) -> None:
+    """``value`` must be a real number (not a bool, not NaN) in ``interval``, e.g. ``"(0, 1]"``, ``"[0, inf)"``."""
+    low_bracket, low, high, high_bracket = _INTERVAL.fullmatch(interval).groups()
+    low, high = float(low), float(high)
+    fits = (isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value)
+            and (low < value or (low_bracket == "[" and value == low))
+            and (value < high or (high_bracket == "]" and value == high)))
+    if not fits:
+        raise ConfigError(key, f"a number in {interval}, got {value!r}")
+
+
+def check_int(key: str, value: object, *, minimum: int) -> None:
+    """``value`` must be an integer (not a bool) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ConfigError(key, f"an integer >= {minimum}, got {value!r}")
+
+
+def check_choice(key: str, value: object, choices: Collection) -> None:
+    """``value`` must be one of ``choices``."""
+    if value not in choices:
+        raise ConfigError(key, f"one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+def check_bool(key: str, value: object) -> None:
+    """``value`` must be true or false."""
+    if not isinstance(value, bool):
+        raise ConfigError(key, f"true or false, got {value!r}")

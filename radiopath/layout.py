@@ -23,10 +23,12 @@ Every stage's output folder
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
+from radiopath.io import is_temporary
+
 RECORD_NAME = "run_record.json"
+RECORD_GLOB = "run_record*.json"  # the record of a whole stage and those of its shard or fold jobs
 FAILURES_NAME = "failures.csv"
 VECTOR_PREFIX = "v"
 _VECTOR_COLUMN = re.compile(rf"{VECTOR_PREFIX}\d+")
@@ -89,26 +91,32 @@ def is_vector_column(name: str) -> bool:
 # --- folders ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RunFolder:
-    """The files of one training run (``train``'s ``output_dir``)."""
+class _File:
+    """A file of a folder class: ``folder.metrics`` -> ``folder.root / "metrics.csv"``."""
 
-    root: Path
+    def __init__(self, name: str, doc: str = ""):
+        self.name, self.__doc__ = name, doc
+
+    def __get__(self, folder, owner=None):
+        return self if folder is None else folder.root / self.name
+
+
+class _Folder:
+    """A folder whose files are :class:`_File` attributes."""
 
     def __init__(self, root: str | Path):
-        object.__setattr__(self, "root", Path(root))
+        self.root = Path(root)
 
-    @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.root)!r})"
 
-    @property
-    def folds(self) -> Path:
-        return self.root / "folds.csv"
 
-    @property
-    def survival(self) -> Path:
-        return self.root / "survival"
+class RunFolder(_Folder):
+    """The files of one training run (``train``'s ``output_dir``)."""
+
+    config = _File("config.yaml", "the run's resolved configuration, cohort paths absolute")
+    folds = _File("folds.csv", "case_id, fold: the patient-level folds every stage of the run shares")
+    survival = _File("survival", "the survival stage's folder (a :class:`SurvivalFolder`)")
 
     def fold(self, k: int) -> Path:
         return self.root / f"fold{k}"
@@ -140,44 +148,32 @@ class RunFolder:
         return sorted(found)
 
     def importance_files(self) -> dict[str, Path]:
-        """case_id -> its importance file (each case is a test patient of one fold)."""
+        """case_id -> its importance file (each case is a test patient of one fold).
+
+        The leftovers of interrupted writes are skipped: their names are not case ids.
+        """
         return {file.stem: file for _, fold_dir in self.fold_dirs()
-                for file in sorted((fold_dir / "importance").glob("*.pt"))}
+                for file in sorted((fold_dir / "importance").glob("*.pt")) if not is_temporary(file)}
 
 
-@dataclass(frozen=True)
-class SurvivalFolder:
+def fold_of(path: str | Path) -> int:
+    """``k`` of the ``fold{k}/`` folder that ``path`` lies in (``RUN/fold2/importance/c.pt`` -> 2)."""
+    for part in reversed(Path(path).parts):
+        match = _FOLD_DIR.fullmatch(part)
+        if match:
+            return int(match.group(1))
+    raise ValueError(f"{path} is not inside a fold{{k}} folder")
+
+
+class SurvivalFolder(_Folder):
     """The files of one survival benchmark (``survival``'s output folder)."""
 
-    root: Path
-
-    def __init__(self, root: str | Path):
-        object.__setattr__(self, "root", Path(root))
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.csv"
-
-    @property
-    def summary(self) -> Path:
-        return self.root / "summary.csv"
-
-    @property
-    def predictions(self) -> Path:
-        return self.root / "predictions.csv"
-
-    @property
-    def settings(self) -> Path:
-        return self.root / "settings.json"
-
-    @property
-    def logrank(self) -> Path:
-        return self.root / "logrank.csv"
-
-    @property
-    def folds(self) -> Path:
-        """Only when the survival stage made the folds (a feature table without a run)."""
-        return self.root / "folds.csv"
+    metrics = _File("metrics.csv", "one row per fold, model and metric")
+    summary = _File("summary.csv", "mean, sd and number of folds per model and metric")
+    predictions = _File("predictions.csv", "each test patient's risk per fold and model")
+    settings = _File("settings.json", "tau, grids, the chosen hyperparameters per fold, seeds, config")
+    logrank = _File("logrank.csv", "Kaplan-Meier risk groups: log-rank test per model")
+    folds = _File("folds.csv", "only when the survival stage made the folds (a feature table without a run)")
 
     def km_figure(self, model: str) -> Path:
         return self.root / f"km_{model}.png"

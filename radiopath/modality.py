@@ -20,9 +20,10 @@ class Modality:
     ``image_columns`` are the manifest columns a case needs for this modality;
     ``coord_units`` are the units of the patch-feature file's ``coords`` and
     ``pos_units`` those of a graph's node positions; ``dims`` is 2 (slides) or
-    3 (CT volumes); ``view`` says how importance is drawn (``"slide"``: over the
-    slide thumbnail, ``"volume"``: on CT slices); ``needs_mpp`` is true when the
-    patch features must carry the slide's µm per level-0 pixel.
+    3 (CT volumes); ``view`` says what kind of image it is, so how importance is
+    drawn and planted truth is read (``"slide"``: a 2-D slide, drawn over its
+    thumbnail; ``"volume"``: a CT volume, drawn on axial slices); ``needs_mpp`` is
+    true when the patch features must carry the slide's µm per level-0 pixel.
     """
 
     name: str
@@ -32,6 +33,11 @@ class Modality:
     dims: int
     view: str
     needs_mpp: bool
+
+    @property
+    def image_column(self) -> str:
+        """The manifest column of the image itself (the CT, the slide); the others go with it (the mask)."""
+        return self.image_columns[0]
 
     @property
     def encoder_group(self) -> str:

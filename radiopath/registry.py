@@ -9,6 +9,9 @@ In the spirit of timm's ``register_model`` / ``create_model``::
 
     AGGREGATORS.create("mean", in_dims, **kwargs)
 
+An entry may stand for a family of names: ``@ENCODERS.register("timm", member="model_name")``
+makes ``ENCODERS.create("timm:resnet18")`` call the builder with ``model_name="resnet18"``.
+
 A registry may name the modules whose import registers its built-in entries;
 they are imported on first use, so a registry never needs importing them by hand
 and heavy optional dependencies load only when asked for.
@@ -16,6 +19,7 @@ and heavy optional dependencies load only when asked for.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import Callable, Iterable, Iterator
 
@@ -36,14 +40,21 @@ class Registry:
         self._builtin_modules = tuple(builtin_modules)
         self._loaded = not self._builtin_modules
         self._builders: dict[str, Callable] = {}
+        self._families: dict[str, tuple[Callable, str]] = {}  # prefix -> (builder, its keyword for the rest)
 
-    def register(self, name: str) -> Callable[[Callable], Callable]:
-        """Decorator: register ``builder`` under ``name`` (twice is an error)."""
+    def register(self, name: str, *, member: str | None = None) -> Callable[[Callable], Callable]:
+        """Decorator: register ``builder`` under ``name`` (twice is an error).
+
+        With ``member``, ``name`` is a family: ``"{name}:{rest}"`` builds ``builder(**{member: rest}, ...)``.
+        """
 
         def decorate(builder: Callable) -> Callable:
-            if name in self._builders:
+            if name in self._builders or name in self._families:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
-            self._builders[name] = builder
+            if member is None:
+                self._builders[name] = builder
+            else:
+                self._families[name] = builder, member
             return builder
 
         return decorate
@@ -51,23 +62,29 @@ class Registry:
     def get(self, name: str) -> Callable:
         """The builder registered as ``name``; :class:`UnknownNameError` otherwise."""
         self._load_builtin()
-        try:
+        if name in self._builders:
             return self._builders[name]
-        except KeyError:
-            raise UnknownNameError(self.kind, name, self._builders) from None
+        prefix, _, rest = str(name).partition(":")
+        if prefix in self._families and rest:
+            builder, member = self._families[prefix]
+            return functools.partial(builder, **{member: rest})
+        raise UnknownNameError(self.kind, name, self.names())
 
     def create(self, name: str, *args, **kwargs):
         """Build the ``name`` entry with these arguments."""
         return self.get(name)(*args, **kwargs)
 
     def names(self) -> list[str]:
-        """The registered names, sorted."""
+        """The registered names, sorted; a family reads ``prefix:<member>``."""
         self._load_builtin()
-        return sorted(self._builders)
+        return sorted([*self._builders, *(f"{p}:<{m}>" for p, (_, m) in self._families.items())])
 
     def __contains__(self, name: object) -> bool:
-        self._load_builtin()
-        return name in self._builders
+        try:
+            self.get(name)
+        except UnknownNameError:
+            return False
+        return True
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

@@ -1,4 +1,4 @@
-"""The reproducibility record every stage leaves beside its outputs: ``OUTPUT/manifest.json``.
+"""The reproducibility record every stage leaves beside its outputs: ``OUTPUT/run_record.json``.
 
 Usage in an entry point::
 
@@ -42,11 +42,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from radiopath.io import atomic_write_text
+from radiopath.layout import RECORD_NAME
 
-RECORD_NAME = "manifest.json"
 RECORD_VERSION = 1
 # Label in the record -> distribution name.
 PACKAGES = {
+    "radiopath": "radiopath",  # the installed version: an install outside a checkout has no git commit
     "torch": "torch",
     "torch-geometric": "torch_geometric",
     "scikit-survival": "scikit-survival",
@@ -69,11 +70,6 @@ HASH_CHUNK = 1 << 20
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 _ACTIVE: contextvars.ContextVar["RunRecord | None"] = contextvars.ContextVar("radiopath_run_record", default=None)
-
-
-def record_filename(shard: int = 0, num_shards: int = 1) -> str:
-    """``manifest.json``, or one per shard so parallel jobs never overwrite each other's record."""
-    return RECORD_NAME if num_shards == 1 else f"manifest_shard{shard}of{num_shards}.json"
 
 
 def sha256(path: str | Path) -> str:
@@ -263,7 +259,7 @@ def _plain(value):
 
 
 def _json_safe(value):
-    """NaN/inf -> None, numpy scalars -> Python, paths -> str: ``manifest.json`` is strict JSON."""
+    """NaN/inf -> None, numpy scalars -> Python, paths -> str: ``run_record.json`` is strict JSON."""
     if isinstance(value, dict):
         return {str(k): _json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

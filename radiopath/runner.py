@@ -57,11 +57,6 @@ class RunSummary:
         atomic_write_csv(pd.DataFrame(self.failed, columns=["case_id", "reason"]), path)
 
 
-def failures_filename(shard: int = 0, num_shards: int = 1) -> str:
-    """``failures.csv``, or one file per shard so parallel jobs never overwrite each other."""
-    return "failures.csv" if num_shards == 1 else f"failures_shard{shard}of{num_shards}.csv"
-
-
 def run_cases(
     stage: str,
     case_ids: Iterable[str],

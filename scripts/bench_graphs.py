@@ -264,6 +264,7 @@ def worker_profile(data: Path, result: Path, threads: int) -> None:
     from radiopath.encoders.features import PatchFeatures
     from radiopath.graphs import build, cluster
     from radiopath.graphs.edges import delaunay_edges
+    from radiopath.modality import modality
 
     torch.set_num_threads(threads)
     feats, coords = np.load(data / "features.npy"), np.load(data / "coords.npy")
@@ -278,7 +279,7 @@ def worker_profile(data: Path, result: Path, threads: int) -> None:
         stages.append((name, now - clock, peak_rss_bytes(), current_rss_bytes()))
         clock = time.perf_counter()
 
-    pos = build.patch_positions(patches)
+    pos = modality(patches.modality).physical_positions(patches.coords, patches.patch_size, patches.level0_mpp)
     i, j, spatial = cluster.neighbour_pairs(pos, RP["radius"])
     mark(f"neighbour_pairs (cKDTree, {len(i):,} pairs)")
     similarity = cluster.pair_feature_distances(patches.features, pos, i, j, cell=RP["radius"])

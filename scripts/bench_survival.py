@@ -69,7 +69,7 @@ def worker(args) -> None:
     import radiopath
     import radiopath.config  # noqa: F401  (registers the ${dirname:} resolver)
     from radiopath.survival import benchmark, selection
-    from radiopath.survival.data import folds_from_table, make_folds
+    from radiopath.survival.data import folds_from_table, stratified_folds
 
     tree = Path(args.tree).resolve()
     if tree not in Path(radiopath.__file__).resolve().parents:
@@ -78,7 +78,7 @@ def worker(args) -> None:
     table = synthetic_table(n_patients, n_features)
     with initialize_config_dir(config_dir=str(tree / "conf"), version_base="1.3"):
         cfg = compose("survival", list(args.override))
-    folds = folds_from_table(table, make_folds(table, 5, cfg.seed))[:n_folds]
+    folds = folds_from_table(table, stratified_folds(table, n_folds=5, seed=cfg.seed))[:n_folds]
 
     selector = {"seconds": 0.0, "fits": 0}
     original_fit = selection.UnivariateCoxSelector.fit

@@ -54,6 +54,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -93,7 +94,7 @@ def build_cohort(args, path: Path) -> None:
         patients.append({"case_id": f"p{i:04d}", "time": float(rng.exponential(1.0)) + 0.01,
                          "event": int(rng.random() < 0.35), "graphs": graphs})
     train, _ = split([to_patient(p, Patient, Data) for p in patients])
-    scaler = NodeScaler().fit(train)
+    scaler = tree_api().scaler().fit(train)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save({"patients": patients, "mean": scaler.mean_, "scale": scaler.scale_}, tmp)
@@ -129,10 +130,8 @@ def worker(args) -> None:
     from torch_geometric.data import Data
 
     import radiopath
-    from radiopath.models import build_aggregator
     from radiopath.training.cohort import Patient
-    from radiopath.training.scaling import NodeScaler
-    from radiopath.training.trainer import TrainSettings, fit, predict
+    from radiopath.training.trainer import fit, predict
 
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)  # as python -m radiopath.train (deterministic: true)
@@ -140,20 +139,21 @@ def worker(args) -> None:
     saved = torch.load(cohort_path(args), mmap=True, weights_only=True)
     patients = [to_patient(p, Patient, Data) for p in saved["patients"]]
     train, test = split(patients)
-    scaler = NodeScaler()
+    api = tree_api()
+    scaler = api.scaler()
     scaler.mean_, scaler.scale_ = saved["mean"], saved["scale"]
     for p in patients:  # page the features in: the epoch then reads memory, not the disk
         for g in p.graphs.values():
             g.x.sum()
     base_rss = rss_gb("VmRSS")
-    settings = TrainSettings(epochs=1, batch_size=args.batch_size)
+    settings = api.settings(epochs=1, batch_size=args.batch_size)
     in_dims = {m: g.x.size(1) for m, g in patients[0].graphs.items()}
 
     torch.manual_seed(args.seed)
     if args.model == "sparra" and args.sparra_from:
         initial = baseline_sparra(Path(args.sparra_from))(in_dims).to(device)
     else:
-        initial = build_aggregator(args.model, in_dims).to(device)
+        initial = api.model(args.model, in_dims).to(device)
 
     def run(subset_train, subset_test):
         model = copy.deepcopy(initial)
@@ -175,6 +175,44 @@ def worker(args) -> None:
         "load_before": load, "load_after": os.getloadavg(), "test_risk": risk.tolist(),
         "threads": torch.get_num_threads(),
     }))
+
+
+class TreeAPI(NamedTuple):
+    """How the tree on PYTHONPATH builds a scaler, training settings and a model."""
+
+    scaler: Callable
+    settings: Callable
+    model: Callable
+
+
+def tree_api() -> TreeAPI:
+    """Both implementations' ways, with the same settings.
+
+    The baseline (a9376af) builds with constructor defaults, which equal
+    ``conf/model/sparra_paper.yaml`` (ABMIL: ``abmil.yaml``) and ``train.yaml``'s
+    ``training``; since the redesign those values live only in the config.
+    """
+    from radiopath.training.scaling import NodeScaler
+    from radiopath.training.trainer import TrainSettings
+
+    try:
+        from radiopath.config import CONF_DIR
+        from radiopath.models import AGGREGATORS
+    except ImportError:  # the baseline tree
+        from radiopath.models import build_aggregator
+
+        return TreeAPI(NodeScaler, TrainSettings, build_aggregator)
+    from omegaconf import OmegaConf
+
+    def conf(path: str, key: str) -> dict:
+        return OmegaConf.to_container(OmegaConf.load(CONF_DIR / path)[key], resolve=True)
+
+    files = {"sparra": "model/sparra_paper.yaml", "abmil": "model/abmil.yaml", "mean": "model/mean.yaml"}
+    return TreeAPI(
+        scaler=lambda: NodeScaler(**conf("train.yaml", "node_features")),
+        settings=lambda **changes: TrainSettings.from_config({**conf("train.yaml", "training"), **changes}),
+        model=lambda name, in_dims: AGGREGATORS.create(name, in_dims, **conf(files[name], "kwargs")),
+    )
 
 
 def baseline_sparra(tree: Path) -> type:

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from radiopath.build_graphs import build_modality_graphs, graph_statistics
-from radiopath.encoders.features import PatchFeatures, features_path
-from radiopath.graphs import graph_path, load_graph
+from radiopath.encoders.features import PatchFeatures
+from radiopath.graphs import load_graph
+from radiopath.graphs.stage import build_modality_graphs, graph_statistics
+from radiopath.layout import features_path, graph_path
 
 
 def write_features(features_dir, case_id, seed):

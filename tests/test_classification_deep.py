@@ -14,7 +14,8 @@ from sklearn.metrics import roc_auc_score
 
 from torchvision.models import resnet18
 
-from radiopath.classification import build_pipeline, ct_inputs
+from radiopath.classification import ct_inputs
+from radiopath.classification.base import PIPELINES
 from radiopath.classification.losses import FocalLoss, NTXentLoss, SupConLoss
 from radiopath.classification.nets import CNN3d, resnet_encoder
 from radiopath.classification.pipelines.rgcnn import RGCNNPipeline
@@ -33,7 +34,7 @@ RADIOMICS = {"features": {"firstorder": None, "shape": None}, "image_types": ["O
 VOLUME = {"crop_size": 16, "spacing_mm": 2.0, "map_stride": 1, "widths": [4, 4, 8, 8], "projection_dim": 8,
           "projector_hidden": 16, "batch_size": 4, "radiomics": RADIOMICS}
 SLICES = {"spacing_mm": 2.0, "slice_size": 24, "slice_depth": 24}
-PIPELINES = {
+SETTINGS = {
     "rgcnn": {**VOLUME, "epochs": 15, "lr": 3e-3},
     "cr_rf": {"rgcnn": {"pipeline": "rgcnn", "kwargs": {**VOLUME, "epochs": 2}}, "pca_components": 3,
               "classifier": {"n_estimators": 50}},
@@ -137,16 +138,16 @@ def test_tumour_volume_has_maps_inside_the_tumour_only_and_is_cached(cohort, tmp
 # --------------------------------------------------------------------------- pipelines
 
 
-@pytest.mark.parametrize("name", sorted(PIPELINES))
+@pytest.mark.parametrize("name", sorted(SETTINGS))
 def test_pipeline_fits_predicts_and_beats_chance_on_malignancy(name, cohort, tmp_path_factory):
     train, test = cohort
     cache = tmp_path_factory.getbasetemp() / "inputs"  # shared: inputs are not fitted
-    kwargs = dict(PIPELINES[name])
+    kwargs = dict(SETTINGS[name])
     if "rgcnn" in kwargs:
         kwargs["rgcnn"] = {**kwargs["rgcnn"], "kwargs": {**kwargs["rgcnn"]["kwargs"], "cache_dir": str(cache)}}
     else:
         kwargs["cache_dir"] = str(cache)
-    pipeline = build_pipeline(name, random_state=0, **kwargs)
+    pipeline = PIPELINES.create(name, random_state=0, **kwargs)
     pipeline.fit(train, train["malignant"].to_numpy())
     proba = pipeline.predict_proba(test)
     assert proba.shape == (len(test),)
@@ -157,25 +158,25 @@ def test_pipeline_fits_predicts_and_beats_chance_on_malignancy(name, cohort, tmp
 def test_multiphase_handles_a_case_without_any_phase(cohort):
     train, _ = cohort
     no_phase = train.iloc[:1].assign(ct="", ct_late="")
-    pipeline = build_pipeline("multiphase", phases=["ct", "ct_late"], epochs=0, **SLICES)
+    pipeline = PIPELINES.create("multiphase", phases=["ct", "ct_late"], epochs=0, **SLICES)
     with pytest.raises(Exception, match="none of the phases"):
         pipeline.fit(pd.concat([train, no_phase]), np.r_[train["malignant"].to_numpy(), 1])
 
 
 def test_simclr_refuses_a_target_that_is_not_the_task_label(cohort):
     train, _ = cohort
-    pipeline = build_pipeline("simclr_rf", target="aggressive", epochs=0, **SLICES)
+    pipeline = PIPELINES.create("simclr_rf", target="aggressive", epochs=0, **SLICES)
     with pytest.raises(ValueError, match="target"):
         pipeline.fit(train, train["malignant"].to_numpy())
 
 
 def test_fits_depend_on_random_state_only_and_leave_no_global_state(cohort, tmp_path):
     train, test = cohort
-    kwargs = {**PIPELINES["rgcnn"], "epochs": 2, "cache_dir": str(tmp_path)}
+    kwargs = {**SETTINGS["rgcnn"], "epochs": 2, "cache_dir": str(tmp_path)}
     before = torch.random.get_rng_state()
-    first = build_pipeline("rgcnn", random_state=5, **kwargs).fit(train, train["malignant"].to_numpy())
+    first = PIPELINES.create("rgcnn", random_state=5, **kwargs).fit(train, train["malignant"].to_numpy())
     assert torch.equal(torch.random.get_rng_state(), before)
-    second = build_pipeline("rgcnn", random_state=5, **kwargs).fit(train, train["malignant"].to_numpy())
+    second = PIPELINES.create("rgcnn", random_state=5, **kwargs).fit(train, train["malignant"].to_numpy())
     # Equal up to float summation order (CPU convolutions may split work across threads differently).
     np.testing.assert_allclose(first.predict_proba(test), second.predict_proba(test), rtol=1e-5)
 
@@ -201,14 +202,14 @@ def test_cnn_radiomics_pipelines_reuse_the_rgcnn_of_their_fold(cohort, tmp_path,
 
 def test_simclr_pipelines_share_one_encoder_inside_a_fold_only(cohort, tmp_path):
     train, test = cohort
-    kwargs = {**PIPELINES["simclr_mlp"], "cache_dir": str(tmp_path)}
+    kwargs = {**SETTINGS["simclr_mlp"], "cache_dir": str(tmp_path)}
     y = train["malignant"].to_numpy()
     with shared_fits():
-        rf = build_pipeline("simclr_rf", random_state=3, **kwargs).fit(train, y)
-        mlp = build_pipeline("simclr_mlp", random_state=3, **kwargs).fit(train, y)
-        other_seed = build_pipeline("simclr_mlp", random_state=4, **kwargs).fit(train, y)
+        rf = PIPELINES.create("simclr_rf", random_state=3, **kwargs).fit(train, y)
+        mlp = PIPELINES.create("simclr_mlp", random_state=3, **kwargs).fit(train, y)
+        other_seed = PIPELINES.create("simclr_mlp", random_state=4, **kwargs).fit(train, y)
     assert rf.simclr_ is mlp.simclr_ and other_seed.simclr_ is not mlp.simclr_
     np.testing.assert_array_equal(rf.embeddings(test), mlp.embeddings(test))
-    unshared = build_pipeline("simclr_mlp", random_state=3, **kwargs).fit(train, y)
+    unshared = PIPELINES.create("simclr_mlp", random_state=3, **kwargs).fit(train, y)
     assert unshared.simclr_ is not mlp.simclr_
     np.testing.assert_allclose(unshared.embeddings(test), mlp.embeddings(test), rtol=1e-4, atol=1e-5)

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from scipy import stats
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from radiopath.classification.base import CasePipeline, register_pipeline
+from radiopath.classification.base import PIPELINES, CasePipeline
 from radiopath.classification.calibration import calibration_table
 from radiopath.classification.delong import delong_covariance, delong_test
 from radiopath.classification.metrics import bootstrap_weights, metric_functions, score_predictions, youden_threshold
@@ -19,7 +19,7 @@ from radiopath.classification.parallel import limited_threads
 from radiopath.classification.run import PipelineSpec, evaluate
 from radiopath.classification.sharing import fit_once, shared_fits
 from radiopath.classification.splits import TEST, make_splits
-from radiopath.classification.stage import pipeline_specs, run_stage
+from radiopath.classification.stage import pipeline_specs, run_classification
 from radiopath.classification.tasks import load_task
 from radiopath.errors import ManifestError
 from radiopath.config import CONF_DIR
@@ -28,7 +28,7 @@ CONF = CONF_DIR
 CALLS: list[tuple[str, list[str]]] = []  # (fit | predict, case ids) of every SpyPipeline
 
 
-@register_pipeline("test_spy")
+@PIPELINES.register("test_spy")
 class SpyPipeline(CasePipeline):
     """Logistic score of ``tumour_size_mm`` standardised with training statistics; records every call."""
 
@@ -48,7 +48,7 @@ class SpyPipeline(CasePipeline):
 TRAININGS: list[str] = []  # the shared sub-fits of every SharedFitPipeline that actually ran
 
 
-@register_pipeline("test_shared_fit")
+@PIPELINES.register("test_shared_fit")
 class SharedFitPipeline(SpyPipeline):
     """The spy, plus a sub-fit shared through fit_once (keyed by the training cases) that records each run."""
 
@@ -281,7 +281,7 @@ def test_stage_writes_tables_figures_and_report(tmp_path):
             "+pipelines.size.pipeline=test_spy", "+pipelines.flat.pipeline=test_spy",
             "+pipelines.flat.kwargs.slope=0.2",
         ])
-    task, evaluation, _ = run_stage(cfg)
+    task, evaluation, _ = run_classification(cfg)
     assert list(task.excluded["case_id"]) == ["p03"]
     predictions = pd.read_csv(out / "predictions.csv")
     assert list(predictions.columns) == ["pipeline", "case_id", "split", "fold", "y", "p"]
@@ -338,7 +338,7 @@ def test_stage_with_every_pipeline_failing_still_reports(tmp_path):
         cfg = compose("classify", overrides=[f"data.manifest={manifest}", f"output_dir={tmp_path / 'out'}",
                                              "progress=false", "+pipelines.bad.pipeline=test_spy",
                                              "+pipelines.bad.kwargs.nope=1"])
-    _, evaluation, out = run_stage(cfg)
+    _, evaluation, out = run_classification(cfg)
     assert [name for name, _ in evaluation.failures] == ["bad"]
     assert pd.read_csv(out / "failures.csv")["pipeline"].tolist() == ["bad"]
     assert "bad failed: TypeError" in (out / "report.html").read_text()

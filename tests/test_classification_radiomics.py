@@ -14,7 +14,7 @@ from imblearn.over_sampling import SMOTE
 from sklearn.metrics import roc_auc_score
 
 from radiopath.classification import ct_inputs
-from radiopath.classification.base import build_pipeline
+from radiopath.classification.base import PIPELINES
 from radiopath.classification.run import PipelineSpec, evaluate
 from radiopath.classification.sharing import fresh_dict
 from radiopath.classification.splits import TEST, make_splits
@@ -22,6 +22,7 @@ from radiopath.classification.tasks import load_task
 from radiopath.data.demo_cohort import make_demo_cohort
 from radiopath.data.readers import read_ct
 from radiopath.errors import CaseError
+from radiopath.layout import RECORD_NAME
 from radiopath.preprocess.ct import preprocess_ct
 
 # Small CTs and slides keep the cohort quick to draw; the radiomics are cheap ones on the original image.
@@ -60,7 +61,7 @@ def test_tr_pipeline_fits_scaler_pca_and_smote_on_training_rows_only(task, radio
 
     monkeypatch.setattr(SMOTE, "fit_resample", recording)
     train = np.arange(len(task.y)) % 3 != 0
-    pipeline = build_pipeline("tr_rf", radiomics=radiomics, classifier={"n_estimators": 20}, **SMALL)
+    pipeline = PIPELINES.create("tr_rf", radiomics=radiomics, classifier={"n_estimators": 20}, **SMALL)
     pipeline.fit(task.cases[train].reset_index(drop=True), task.y[train])
     x_train = pipeline.features(task.cases[train])
 
@@ -143,7 +144,7 @@ def test_an_unusable_case_is_named(task, radiomics, tmp_path):
     mask = sitk.ReadImage(cases.loc[1, "mask"])
     sitk.WriteImage(mask * 0, str(empty))
     cases.loc[1, "mask"] = str(empty)
-    pipeline = build_pipeline("tr_rf", radiomics=radiomics, **SMALL)
+    pipeline = PIPELINES.create("tr_rf", radiomics=radiomics, **SMALL)
     with pytest.raises(CaseError, match=cases.loc[1, "case_id"]):
         pipeline.fit(cases, np.array([0, 1, 0, 1]))
 
@@ -168,6 +169,6 @@ def test_classify_command_on_the_demo_cohort(task, radiomics, tmp_path):
     assert len(pd.read_csv(tmp_path / "delong.csv")) == 2 and (tmp_path / "report.html").is_file()
     predictions = pd.read_csv(tmp_path / "predictions.csv")
     assert len(predictions) == 2 * 30 and set(predictions["split"]) == {"cv", "test"}
-    record = json.loads((tmp_path / "manifest.json").read_text(encoding="utf-8"))
+    record = json.loads((tmp_path / RECORD_NAME).read_text(encoding="utf-8"))
     assert record["stage"] == "classify" and record["dataset"]["cases"] == 30
     assert {entry["role"] for entry in record["inputs"]} >= {"cohort manifest", "splits"}

@@ -17,7 +17,7 @@ from scipy.stats import spearmanr
 from radiopath.data import demo_cohort as dc
 from radiopath.data.manifest import load_manifest
 from radiopath.data.pyramid_tiff import write_pyramidal_tiff
-from radiopath.encoders import build_encoder
+from radiopath.encoders import ENCODERS
 from radiopath.encoders.extract import encode_wsi_case
 from radiopath.graphs.build import build_graph
 
@@ -294,7 +294,7 @@ def test_demo_graph_settings_keep_a_node_per_one_or_two_tiles(compose_config, tm
     nodes = {}
     for graph_config in ("slidegraph", "slidegraph_demo"):
         cfg = compose_config("build_graphs", ["wsi=demo", f"graph/pathology={graph_config}"])
-        encoder = build_encoder(cfg.encoder.pathology.name, **cfg.encoder.pathology.kwargs)
+        encoder = ENCODERS.create(cfg.encoder.pathology.name, **cfg.encoder.pathology.kwargs)
         patches = encode_wsi_case(
             "demo-000", manifest.parent / "wsi" / "demo-000.tif", encoder,
             OmegaConf.to_container(cfg.wsi.tissue, resolve=True), OmegaConf.to_container(cfg.wsi.tiling, resolve=True),

@@ -15,10 +15,11 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
-from radiopath.encoders import build_encoder, list_encoders
+from radiopath.encoders import ENCODERS
 from radiopath.encoders.checkpoints import CheckpointError, RandomWeightsWarning
 from radiopath.errors import CaseError
 from radiopath.preprocess.ct import PreparedCT
+from radiopath.registry import UnknownNameError
 from radiopath.config import CONF_DIR
 
 ENCODER_CONF = CONF_DIR / "encoder"
@@ -39,7 +40,7 @@ def tiles(n: int = 3, size: int = 64) -> np.ndarray:
 
 def seeded(name: str, seed: int, **kwargs):
     torch.manual_seed(seed)
-    return build_encoder(name, **kwargs)
+    return ENCODERS.create(name, **kwargs)
 
 
 def prepared_ct(direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)) -> PreparedCT:
@@ -67,14 +68,22 @@ def image_corners_mm(ct: PreparedCT) -> np.ndarray:
 
 @pytest.mark.parametrize("name", sorted(PATHOLOGY))
 def test_pathology_encoders_map_uint8_tiles_to_float32_vectors(name):
-    encoder = build_encoder(name, **PATHOLOGY[name])
+    encoder = ENCODERS.create(name, **PATHOLOGY[name])
     out = encoder.encode_tiles(tiles())
     assert out.shape == (3, encoder.embed_dim) and out.dtype == np.float32
     assert np.isfinite(out).all() and not np.allclose(out[0], out[1])
 
 
 def test_all_encoders_are_registered():
-    assert {*PATHOLOGY, *RADIOLOGY, "timm"} <= set(list_encoders())
+    assert {*PATHOLOGY, *RADIOLOGY, "pathomics", "radiomics_scalar", "radiomics_maps", "timm:<model_name>"} \
+        <= set(ENCODERS.names())
+    assert "timm:resnet18" in ENCODERS and "timm" not in ENCODERS and "timm:" not in ENCODERS
+
+
+@pytest.mark.parametrize("name", ["unii", "timm", "timm:"])
+def test_unknown_encoder_lists_the_known_ones(name):
+    with pytest.raises(UnknownNameError, match=r"unknown encoder .*; known: .*timm:<model_name>, uni$"):
+        ENCODERS.create(name)
 
 
 @pytest.mark.parametrize(
@@ -84,7 +93,7 @@ def test_all_encoders_are_registered():
 )
 def test_published_pathology_architectures(name, embed_dim, input_size, pos_tokens):
     with torch.device("meta"):
-        encoder = build_encoder(name)
+        encoder = ENCODERS.create(name)
     assert (encoder.embed_dim, encoder.input_size) == (embed_dim, input_size)
     if pos_tokens:  # the published files' position grids: 14x14 (+cls), 28x28 (+cls)
         assert encoder.model.pos_embed.shape == (1, pos_tokens, embed_dim)
@@ -93,7 +102,7 @@ def test_published_pathology_architectures(name, embed_dim, input_size, pos_toke
 @pytest.mark.parametrize("name", sorted(RADIOLOGY))
 def test_published_ct_architectures(name):
     with torch.device("meta"):
-        encoder = build_encoder(name)
+        encoder = ENCODERS.create(name)
     assert encoder.embed_dim == 768
     vit = encoder.vit if name == "segvol" else encoder.model.vision_encoder
     assert vit.patch_embedding.position_embeddings.shape == (1, 8 * 16 * 16, 768)
@@ -102,7 +111,7 @@ def test_published_ct_architectures(name):
 
 
 def test_any_timm_model_by_name():
-    encoder = build_encoder("timm:resnet18")
+    encoder = ENCODERS.create("timm:resnet18")
     assert (encoder.name, encoder.embed_dim, encoder.input_size) == ("timm:resnet18", 512, 224)
     assert encoder.mean == pytest.approx((0.485, 0.456, 0.406))
     assert encoder.encode_tiles(tiles(2)).shape == (2, 512)
@@ -113,9 +122,9 @@ def test_any_timm_model_by_name():
 
 def test_no_checkpoint_warns_loudly(caplog):
     with pytest.warns(RandomWeightsWarning, match=r"NO pretrained weights.*encoder\.pathology\.checkpoint"):
-        build_encoder("uni", **TINY_VIT)
+        ENCODERS.create("uni", **TINY_VIT)
     with pytest.warns(RandomWeightsWarning, match=r"encoder\.radiology\.checkpoint"):
-        build_encoder("segvol", **TINY_CT)
+        ENCODERS.create("segvol", **TINY_CT)
     assert "RANDOM" in caplog.text
 
 
@@ -185,15 +194,15 @@ def test_checkpoint_with_missing_keys_is_a_clear_error(tmp_path):
     del state["blocks.0.attn.qkv.weight"], state["norm.bias"]
     torch.save(state, tmp_path / "partial.bin")
     with pytest.raises(CheckpointError, match=r"2 keys missing.*blocks\.0\.attn\.qkv\.weight"):
-        build_encoder("uni", checkpoint=str(tmp_path / "partial.bin"), **TINY_VIT)
+        ENCODERS.create("uni", checkpoint=str(tmp_path / "partial.bin"), **TINY_VIT)
 
 
 def test_checkpoint_of_another_architecture_is_a_clear_error(tmp_path):
     torch.save(seeded("uni", 1, **TINY_VIT).model.state_dict(), tmp_path / "uni.bin")
     with pytest.raises(CheckpointError, match=r"shape mismatches: .*pos_embed"):
-        build_encoder("uni", checkpoint=str(tmp_path / "uni.bin"), **{**TINY_VIT, "embed_dim": 64})
+        ENCODERS.create("uni", checkpoint=str(tmp_path / "uni.bin"), **{**TINY_VIT, "embed_dim": 64})
     with pytest.raises(CheckpointError, match="not found"):
-        build_encoder("uni", checkpoint=str(tmp_path / "absent.bin"), **TINY_VIT)
+        ENCODERS.create("uni", checkpoint=str(tmp_path / "absent.bin"), **TINY_VIT)
 
 
 class Pickled:
@@ -203,7 +212,7 @@ class Pickled:
 def test_checkpoint_with_arbitrary_objects_is_refused(tmp_path):
     torch.save({"model": {}, "extra": Pickled()}, tmp_path / "unsafe.pth")
     with pytest.raises(CheckpointError, match=r"pickled Python objects.*Pickled"):
-        build_encoder("uni", checkpoint=str(tmp_path / "unsafe.pth"), **TINY_VIT)
+        ENCODERS.create("uni", checkpoint=str(tmp_path / "unsafe.pth"), **TINY_VIT)
 
 
 # --- CT encoders on a prepared case ----------------------------------------------------------
@@ -212,7 +221,7 @@ def test_checkpoint_with_arbitrary_objects_is_refused(tmp_path):
 @pytest.mark.parametrize("direction", [(1, 0, 0, 0, 1, 0, 0, 0, 1), (-1, 0, 0, 0, -1, 0, 0, 0, 1)])
 def test_segvol_tokens_cover_the_tumour_and_nothing_far_from_it(direction):
     ct = prepared_ct(direction)
-    encoder = build_encoder("segvol", **TINY_CT)  # windows of 8 voxels in z: the tumour needs two
+    encoder = ENCODERS.create("segvol", **TINY_CT)  # windows of 8 voxels in z: the tumour needs two
     features, coords = encoder.encode(ct)
     assert features.shape == (len(coords), 32) and features.dtype == np.float32 and len(coords) > 1
     half_patch = np.array(encoder.patch_size_mm(ct)) / 2
@@ -236,16 +245,16 @@ def test_segvol_batches_windows_without_changing_tokens():
 def test_segvol_case_without_enough_tumour_fails_clearly():
     ct = prepared_ct()
     with pytest.raises(CaseError, match="min_tumour_voxels"):
-        build_encoder("segvol", min_tumour_voxels=4 * 8 * 8 + 1, **TINY_CT).encode(ct)
+        ENCODERS.create("segvol", min_tumour_voxels=4 * 8 * 8 + 1, **TINY_CT).encode(ct)
     empty = sitk.Image(ct.mask.GetSize(), sitk.sitkUInt8)
     empty.CopyInformation(ct.mask)
     with pytest.raises(CaseError, match="empty"):
-        build_encoder("segvol", **TINY_CT).encode(PreparedCT("case", ct.image, empty))
+        ENCODERS.create("segvol", **TINY_CT).encode(PreparedCT("case", ct.image, empty))
 
 
 def test_m3d_clip_gives_one_vector_at_the_tumour_centroid():
     ct = prepared_ct((-1, 0, 0, 0, -1, 0, 0, 0, 1))
-    features, coords = build_encoder("m3d_clip", **TINY_CT).encode(ct)
+    features, coords = ENCODERS.create("m3d_clip", **TINY_CT).encode(ct)
     assert features.shape == (1, 32) and coords.shape == (1, 3)
     assert np.linalg.norm(features) == pytest.approx(1.0, abs=1e-5)
     stats = sitk.LabelShapeStatisticsImageFilter()
@@ -260,5 +269,5 @@ def test_m3d_clip_gives_one_vector_at_the_tumour_centroid():
 def test_encoder_configs_name_a_registered_encoder(path):
     cfg = OmegaConf.load(path)
     assert {"name", "checkpoint", "batch_size", "kwargs"} <= set(cfg)
-    assert cfg.name in list_encoders() or cfg.name.startswith("timm:")
+    assert cfg.name in ENCODERS
     assert cfg.checkpoint is None and cfg.batch_size >= 1

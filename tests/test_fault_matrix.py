@@ -27,21 +27,22 @@ from hydra import compose, initialize_config_dir
 
 import radiopath.io
 from conftest import CONF_DIR
-from radiopath.build_graphs import build_modality_graphs
+from radiopath.graphs.stage import build_modality_graphs
 from radiopath.data.demo_cohort import make_demo_cohort
 from radiopath.data.manifest import load_manifest
 from radiopath.data.pyramid_tiff import write_pyramidal_tiff
 from radiopath.encoders.checkpoints import CheckpointError, checkpoint_unpickling, load_state_dict
 from radiopath.encoders.features import PatchFeatures
 from radiopath.errors import CaseError, ManifestError
-from radiopath.graphs import graph_path, load_graph
+from radiopath.graphs import load_graph
+from radiopath.layout import graph_path
 from radiopath.io import atomic_torch_save, atomic_write_csv, is_temporary
 from radiopath.report.runs import load_run
 from radiopath.repro import run_record
 from radiopath.runner import RunSummary
 from radiopath.survival.data import read_survival
-from radiopath.survival.stage import run_stage
-from radiopath.train import run_training
+from radiopath.survival.stage import run_survival
+from radiopath.training.stage import run_training
 from radiopath.training.cohort import load_graph_cohort
 from test_pipeline import SMALL_ENCODERS, TINY
 from test_survival_stage import FAST, fabricate_run
@@ -156,7 +157,7 @@ def test_sigkill_during_build_graphs_rerun_finishes_without_redoing(pipeline):
     for case_id in good_ids(pipeline["manifest"]):
         for modality in ("radiology", "pathology"):
             assert load_graph(graph_path(pipeline["graphs"], modality, case_id)).num_nodes > 0
-    record = json.loads((pipeline["graphs"] / "manifest.json").read_text())
+    record = json.loads((pipeline["graphs"] / "run_record.json").read_text())
     assert record["status"] == "finished with failed cases"
 
 
@@ -188,7 +189,7 @@ def test_sigkill_during_training_rerun_finishes_without_redoing(tmp_path):
     assert finished_files(run / "fold0", "*") == fold0
     for k in range(3):
         assert len(pd.read_csv(run / f"fold{k}" / "vectors.csv")) == 18
-    record = json.loads((run / "manifest.json").read_text())
+    record = json.loads((run / "run_record.json").read_text())
     assert record["status"] == "finished" and set(record["epochs"]) == {"fold0", "fold1", "fold2"}
 
 
@@ -216,7 +217,8 @@ def test_bad_case_is_reported_by_name_and_the_others_complete(pipeline, case_id,
 def test_patient_with_one_modality_keeps_it_for_training(pipeline):
     assert "gives no whole-slide image" in pipeline["failures"]["one-modality"]
     assert graph_path(pipeline["graphs"], "radiology", "one-modality").is_file()
-    cohort = load_graph_cohort(pipeline["manifest"], pipeline["graphs"], ["radiology", "pathology"])
+    cohort = load_graph_cohort(pipeline["manifest"], pipeline["graphs"], ["radiology", "pathology"],
+                               allow_mixed_graphs=False)
     patient = next(p for p in cohort.patients if p.case_id == "one-modality")
     assert set(patient.graphs) == {"radiology"}
     # corrupt-slide keeps its CT graph and truncated-ct its slide graph, like one-modality
@@ -244,7 +246,7 @@ def test_nan_or_inf_features_fail_that_case_only(pipeline, tmp_path):
     atomic_torch_save(graph, graph_path(tmp_path / "graphs", "radiology", good))
     pd.DataFrame({"case_id": [good], "os_time": [100.0], "os_event": [1]}).to_csv(tmp_path / "m.csv", index=False)
     with pytest.raises(ValueError, match="no radiology graphs"):  # its only graph is unusable ...
-        load_graph_cohort(tmp_path / "m.csv", tmp_path / "graphs", ["radiology"])
+        load_graph_cohort(tmp_path / "m.csv", tmp_path / "graphs", ["radiology"], allow_mixed_graphs=False)
 
 
 def test_inf_graph_features_are_reported_by_case(tmp_path):
@@ -252,7 +254,7 @@ def test_inf_graph_features_are_reported_by_case(tmp_path):
     graph = load_graph(graph_path(tmp_path / "graphs", "pathology", "toy-002"))
     graph.x[1, 2] = float("inf")
     atomic_torch_save(graph, graph_path(tmp_path / "graphs", "pathology", "toy-002"))
-    cohort = load_graph_cohort(manifest, tmp_path / "graphs", ["radiology", "pathology"])
+    cohort = load_graph_cohort(manifest, tmp_path / "graphs", ["radiology", "pathology"], allow_mixed_graphs=False)
     problem = next(p for p in cohort.problems if p.case_id == "toy-002")
     assert "pathology graph" in problem.reason and "non-finite" in problem.reason
     assert len(cohort.patients) == 6  # toy-002 goes on with its radiology graph
@@ -293,13 +295,13 @@ def test_all_censored_cohort_is_refused_with_a_clear_message(tmp_path):
     cfg = config("survival", [f"run_dir={tmp_path / 'survival_run'}", f"data.manifest={table}", "models=[CoxPH]",
                               *FAST])
     with pytest.raises(ValueError, match="all 20 patients are censored"):
-        run_stage(cfg)
+        run_survival(cfg)
 
 
 def test_all_censored_fold_is_reported_and_the_other_folds_scored(tmp_path):
     manifest = fabricate_run(tmp_path / "run", n_patients=40, censored_fold=1)
     cfg = config("survival", [f"run_dir={tmp_path / 'run'}", f"data.manifest={manifest}", "models=[CoxPH]", *FAST])
-    result, summary, _ = run_stage(cfg)
+    result, summary, _ = run_survival(cfg)
     fold1 = result.metrics[result.metrics["fold"] == 1]
     assert fold1["value"].isna().all() and fold1["note"].str.contains("no events in the test fold").all()
     assert summary.set_index(["model", "metric"]).loc[("CoxPH", "c_index"), "n_folds"] == 4

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from radiopath.encoders.features import PatchFeatures, features_path
+from radiopath.encoders.features import PatchFeatures
+from radiopath.layout import features_path
 
 
 def test_round_trip_loads_with_weights_only(tmp_path):
@@ -33,3 +34,10 @@ def test_rejects_nan_features_and_wrong_coordinate_dimensions():
         PatchFeatures("c", "radiology", "e", np.zeros((2, 4)), np.zeros((2, 2)), (1, 1, 1))
     with pytest.raises(ValueError, match="level0_mpp"):
         PatchFeatures("c", "pathology", "e", np.zeros((2, 4)), np.zeros((2, 2)), (1, 1))
+
+
+def test_units_and_checks_come_from_the_modality_table():
+    ct = PatchFeatures("c", "radiology", "e", np.zeros((2, 4)), np.zeros((2, 3)), (1, 1, 1))
+    assert ct.coord_units == "mm" and ct.level0_mpp is None  # CT needs no slide resolution
+    with pytest.raises(ValueError, match="unknown modality 'dermatology'; choose from radiology, pathology"):
+        PatchFeatures("c", "dermatology", "e", np.zeros((2, 4)), np.zeros((2, 2)), (1, 1))

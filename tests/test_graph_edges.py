@@ -6,7 +6,8 @@ from scipy.spatial import Delaunay
 from radiopath.encoders.features import PatchFeatures
 from radiopath.graphs.build import build_graph
 from radiopath.graphs.edges import delaunay_edges, knn_edges, radius_edges
-from radiopath.graphs.io import graph_path, load_graph, load_patient, save_graph
+from radiopath.graphs.io import load_graph, load_patient, save_graph
+from radiopath.layout import graph_path
 
 
 def undirected(edge_index):
@@ -86,6 +87,15 @@ def test_graph_file_round_trip(tmp_path, modality, params):
     patient = load_patient(tmp_path, "p1")
     assert patient.node_types == [modality]
     assert torch.equal(patient[modality].x, graph.x)
+
+
+def test_node_positions_are_physical_patch_centres():
+    patches = make_patches("pathology")
+    graph = build_graph(patches, radius=1000, lambda_f=5e-2, lambda_d=6e-3, lambda_h=0.8, connectivity=2000)
+    centres_um = (patches.coords + 256) * 0.25  # 512-px tiles' top-left corners at 0.25 µm/px
+    for node in range(graph.num_nodes):
+        members = (graph.assignment == node).numpy()
+        np.testing.assert_allclose(graph.pos[node].numpy(), centres_um[members].mean(0), rtol=1e-6)
 
 
 def test_load_patient_without_graphs_names_the_case(tmp_path):

@@ -7,8 +7,10 @@ from scipy import integrate, stats
 from torch.distributions import Gamma, Normal, kl_divergence
 from torch_geometric.data import Data
 
-from radiopath.models import build_aggregator, collate_patients, cox_partial_nll
+from conftest import conf_values
+from radiopath.models import AGGREGATORS, collate_patients, cox_partial_nll
 from radiopath.models.variational import expected_normal_kl, gamma_kl, gamma_posterior
+from radiopath.registry import UnknownNameError
 
 DIMS = {"pathology": 6, "radiology": 4}
 
@@ -80,7 +82,7 @@ def test_collate_marks_patients_and_leaves_inputs_alone(patients):
 
 
 def test_mean_aggregator(patients):
-    model = build_aggregator("mean", DIMS)
+    model = AGGREGATORS.create("mean", DIMS)
     out = model(collate_patients(patients))
     assert not model.trainable and not list(model.parameters())
     assert out.vector.shape == (3, model.out_dim) == (3, 10)
@@ -93,7 +95,7 @@ def test_mean_aggregator(patients):
 
 def test_abmil_attention_sums_to_one_per_patient_and_modality(patients):
     torch.manual_seed(0)
-    model = build_aggregator("abmil", DIMS, hidden=8, attention_dim=4)
+    model = AGGREGATORS.create("abmil", DIMS, **conf_values("model/abmil", hidden=8, attention_dim=4))
     batch = collate_patients(patients)
     out = model(batch)
     for m, g in batch.graphs.items():
@@ -107,15 +109,16 @@ def test_abmil_attention_sums_to_one_per_patient_and_modality(patients):
 
 
 def test_unknown_aggregator_rejected():
-    with pytest.raises(ValueError, match="unknown aggregator"):
-        build_aggregator("transformer", DIMS)
+    with pytest.raises(UnknownNameError, match="unknown aggregator 'transformer'; known: abmil, mean, sparra"):
+        AGGREGATORS.create("transformer", DIMS)
 
 
 # --- SPARRA ---------------------------------------------------------------------------
 
 def sparra(**kwargs):
+    """The paper's SPARRA, narrow, with ``kwargs`` changed."""
     torch.manual_seed(0)
-    return build_aggregator("sparra", DIMS, hidden=8, attention_dim=4, **kwargs)
+    return AGGREGATORS.create("sparra", DIMS, **conf_values("model/sparra_paper", hidden=8, attention_dim=4, **kwargs))
 
 
 @pytest.mark.parametrize("conv", ["gcn", "gin", "gat"])
@@ -153,8 +156,9 @@ def test_sparra_missing_modality_gives_zero_block(patients):
 def test_sparra_importance_lands_on_the_nodes_topk_keeps():
     """No edges and identity weights: both top-k layers rank nodes by feature 0."""
     dims = {"pathology": 3, "radiology": 3}
-    model = build_aggregator("sparra", dims, hidden=3, attention_dim=2, dropout=0.0,
-                             ratio={"pathology": 0.2, "radiology": 0.25}).eval()
+    settings = conf_values("model/sparra_paper", hidden=3, attention_dim=2, dropout=0.0,
+                           ratio={"pathology": 0.2, "radiology": 0.25})
+    model = AGGREGATORS.create("sparra", dims, **settings).eval()
     with torch.no_grad():
         for branch in model.branches.values():
             branch.encoder[0].weight.copy_(torch.eye(3))
@@ -226,6 +230,6 @@ def test_sparra_eval_is_deterministic_and_training_samples(patients):
 
 @pytest.mark.parametrize("name", ["mean", "abmil", "sparra"])
 def test_batch_without_the_models_modalities_rejected(patients, name):
-    model = build_aggregator(name, {"pathology": 6})
+    model = AGGREGATORS.create(name, {"pathology": 6}, **conf_values(f"model/{name}"))
     with pytest.raises(ValueError, match="no graph"):
         model(collate_patients([{"radiology": patients[2]["radiology"]}]))

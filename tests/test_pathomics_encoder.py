@@ -5,7 +5,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from radiopath.data import demo_cohort as dc
-from radiopath.encoders import build_encoder, list_encoders
+from radiopath.encoders import ENCODERS
 from radiopath.encoders.pathomics import FEATURE_NAMES
 
 MPP = 0.5
@@ -27,12 +27,12 @@ def he_tile(*, grid: int, radius_um: float = 3.0, nucleus_od: float = 1.0, eosin
 
 
 def features(*tiles: np.ndarray) -> list[dict[str, float]]:
-    out = build_encoder("pathomics", mpp=MPP).encode_tiles(np.stack(tiles))
+    out = ENCODERS.create("pathomics", mpp=MPP).encode_tiles(np.stack(tiles))
     return [dict(zip(FEATURE_NAMES, row)) for row in out]
 
 
 def test_feature_names_shape_and_dtype():
-    encoder = build_encoder("pathomics")
+    encoder = ENCODERS.create("pathomics")
     out = encoder.encode_tiles(np.stack([he_tile(grid=3), he_tile(grid=5)]))
     assert out.shape == (2, len(FEATURE_NAMES)) and out.dtype == np.float32
     assert encoder.embed_dim == len(FEATURE_NAMES) == len(set(FEATURE_NAMES)) == 22
@@ -73,18 +73,18 @@ def test_blank_white_tile_gives_zeros():
 def test_tiles_do_not_influence_each_other_and_runs_repeat():
     rng = np.random.default_rng(0)
     tiles = np.stack([he_tile(grid=3), rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8), he_tile(grid=5)])
-    encoder = build_encoder("pathomics")
+    encoder = ENCODERS.create("pathomics")
     batch = encoder.encode_tiles(tiles)
     one_by_one = np.concatenate([encoder.encode_tiles(tile[None]) for tile in tiles])
     np.testing.assert_allclose(batch, one_by_one, rtol=1e-6, atol=1e-7)
-    np.testing.assert_array_equal(batch, build_encoder("pathomics").encode_tiles(tiles))
+    np.testing.assert_array_equal(batch, ENCODERS.create("pathomics").encode_tiles(tiles))
 
 
 def test_registered_and_configured_as_the_default_pathology_encoder(compose_config):
-    assert "pathomics" in list_encoders()
+    assert "pathomics" in ENCODERS
     cfg = compose_config("encode", ["wsi.tiling.mpp=0.25"])
     assert cfg.encoder.pathology.name == "pathomics"
-    encoder = build_encoder(cfg.encoder.pathology.name, checkpoint=cfg.encoder.pathology.checkpoint,
+    encoder = ENCODERS.create(cfg.encoder.pathology.name, checkpoint=cfg.encoder.pathology.checkpoint,
                             **cfg.encoder.pathology.kwargs)
     assert encoder.mpp == 0.25  # the tiles' resolution, from the tiling config
 
@@ -96,7 +96,7 @@ def test_registered_and_configured_as_the_default_pathology_encoder(compose_conf
 )
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        build_encoder("pathomics", **kwargs)
+        ENCODERS.create("pathomics", **kwargs)
 
 
 def test_planted_high_grade_tiles_of_a_demo_slide_stand_out():

@@ -14,7 +14,8 @@ import torch
 
 from radiopath.data.demo_cohort import make_demo_cohort
 from radiopath.encoders.features import PatchFeatures
-from radiopath.graphs import graph_path, load_graph
+from radiopath.graphs import load_graph
+from radiopath.layout import graph_path
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {

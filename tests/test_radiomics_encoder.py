@@ -168,7 +168,7 @@ def test_maps_all_non_finite_features_are_a_case_error(monkeypatch):
 )
 def test_configs_build_the_default_encoders(config, builder):
     cfg = OmegaConf.load(CONF / config)
-    encoder = builder(checkpoint=cfg.checkpoint, **cfg.kwargs)  # as build_encoder calls it
+    encoder = builder(checkpoint=cfg.checkpoint, **cfg.kwargs)  # as ENCODERS.create calls it
     assert encoder.name == cfg.name
     assert encoder.feature_names == builder().feature_names
     with pytest.raises(ValueError, match="no weights"):

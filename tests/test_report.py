@@ -1,6 +1,6 @@
 """The report on three fabricated runs of one tiny cohort.
 
-- Mean: real survival-stage outputs (run_stage on fabricated vectors), untrained (empty histories), no importance;
+- Mean: real survival-stage outputs (run_survival on fabricated vectors), untrained (empty histories), no importance;
 - SPARRA: training curves, node importance on fabricated graphs of real demo images, and survival
   outputs whose metric values are planted, so the best cells are known;
 - ABMIL: training curves only, no survival stage: a missing piece the report must state.
@@ -23,13 +23,14 @@ from torch_geometric.data import Data
 
 from radiopath.data.demo_cohort import make_demo_cohort
 from radiopath.data.readers import open_slide
-from radiopath.encoders.features import PatchFeatures, features_path
-from radiopath.graphs import graph_path, load_graph
+from radiopath.encoders.features import PatchFeatures
+from radiopath.graphs import load_graph
 from radiopath.graphs.io import save_graph
 from radiopath.io import atomic_torch_save
-from radiopath.report.overlays import paint, patch_importance, tumour_slices
+from radiopath.layout import features_path, graph_path
+from radiopath.report.overlays import overlay_slices, paint, patch_importance
 from radiopath.survival import summarise
-from radiopath.survival.stage import run_stage
+from radiopath.survival.stage import run_survival
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
@@ -160,7 +161,7 @@ def report(tmp_path_factory):
     write_run(runs[2], "sparra", manifest, root, folds, epochs=6)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("survival", [f"run_dir={runs[0]}", f"data.manifest={manifest}", *FAST])
-    run_stage(cfg)
+    run_survival(cfg)
     plant_survival(runs[0] / "survival", runs[2] / "survival")
     fold_of = folds.set_index("case_id")["fold"]
     for case_id in imaged["case_id"]:
@@ -354,8 +355,8 @@ def test_paint_averages_overlapping_boxes_and_slices_stay_in_the_tumour():
     assert np.array_equal(abutting[0, 2:6], [1.0, 1.0, 2.0, 2.0]) and np.isnan(abutting[0, [1, 6]]).all()
     mask = np.zeros((10, 3, 3), bool)
     mask[4:8] = True
-    assert tumour_slices(mask, 3) == [5, 6, 7]
-    assert tumour_slices(mask, 1) == [6] and tumour_slices(mask, 9) == [4, 5, 6, 7]
+    assert overlay_slices(mask, 3) == [5, 6, 7]
+    assert overlay_slices(mask, 1) == [6] and overlay_slices(mask, 9) == [4, 5, 6, 7]
 
 
 def test_embedded_report_is_one_file(report, tmp_path, compose_config):

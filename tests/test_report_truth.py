@@ -20,11 +20,12 @@ import radiopath.validate.scores as validate_scores
 from radiopath.data.demo_cohort import make_demo_cohort
 from radiopath.data.manifest import load_manifest
 from radiopath.data.readers import open_slide
-from radiopath.encoders.features import PatchFeatures, features_path
+from radiopath.encoders.features import PatchFeatures
 from radiopath.errors import CaseError
-from radiopath.graphs import graph_path, load_graph
+from radiopath.graphs import load_graph
 from radiopath.graphs.io import save_graph
 from radiopath.io import atomic_torch_save
+from radiopath.layout import features_path, graph_path
 from radiopath.preprocess.ct import preprocess_ct
 from radiopath.report import build_report, recovery
 from radiopath.report.truth import (CohortTruth, find_truth, importance_auroc, load_mask, node_truth,

@@ -1,17 +1,20 @@
-"""The run record (manifest.json), the checklist built from it, and its section in the report."""
+"""The run record (run_record.json), the checklist built from it, and its section in the report."""
 
 import hashlib
 import json
 import re
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from radiopath import checklist, repro
+from radiopath import repro
+from radiopath.report import checklist
 from radiopath.repro import manifest_summary, run_record
-from radiopath.train import run_training
+from radiopath.training.stage import run_training
 from test_training import toy_cohort, train_config
 
 
@@ -29,7 +32,7 @@ def test_record_holds_config_seeds_versions_hashes_and_times(tmp_path):
         record.epochs("fold0", pd.DataFrame({"epoch": [1, 2], "loss": [1.0, float("nan")], "epoch_seconds": [0.1, 0.2]}))
         record.note("a note")
 
-    data = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    data = json.loads((tmp_path / "run" / "run_record.json").read_text())
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
     assert data["status"] == "finished" and data["stage"] == "train"
     assert data["config"]["out"] == 5  # resolved
@@ -54,7 +57,7 @@ def test_failed_stage_still_writes_its_record_with_the_error(tmp_path):
     with pytest.raises(ValueError, match="bad fold"):
         with run_record("survival", OmegaConf.create({"seed": 0}), tmp_path):
             raise ValueError("bad fold")
-    data = json.loads((tmp_path / "manifest.json").read_text())
+    data = json.loads((tmp_path / "run_record.json").read_text())
     assert data["status"] == "failed"
     assert data["error"]["type"] == "ValueError" and data["error"]["message"] == "bad fold"
     assert not list(tmp_path.glob(".tmp-*"))
@@ -66,7 +69,7 @@ def test_without_git_commit_and_dirty_flag_are_null(tmp_path, monkeypatch):
     assert repro.git_state() == {"commit": None, "dirty": None}
     with run_record("report", None, tmp_path):
         pass
-    assert json.loads((tmp_path / "manifest.json").read_text())["git"] == {"commit": None, "dirty": None}
+    assert json.loads((tmp_path / "run_record.json").read_text())["git"] == {"commit": None, "dirty": None}
 
 
 def test_dataset_summary_counts_events_labels_and_images():
@@ -107,7 +110,7 @@ def recorded_run(tmp_path_factory):
 
 
 def test_training_records_epochs_parameters_checkpoints_and_cohort(recorded_run):
-    data = json.loads((recorded_run / "manifest.json").read_text())
+    data = json.loads((recorded_run / "run_record.json").read_text())
     assert set(data["epochs"]) == {"fold0", "fold1"}
     history = pd.read_csv(recorded_run / "fold0" / "history.csv")
     assert [row["epoch_seconds"] for row in data["epochs"]["fold0"]] == pytest.approx(history["epoch_seconds"].tolist())
@@ -123,9 +126,17 @@ def test_training_records_epochs_parameters_checkpoints_and_cohort(recorded_run)
     assert data["cases"]["train sparra on radiology+pathology"]["done"] == 2
 
 
-def test_checklist_groups_items_as_in_the_paper_and_reads_sub_folders(recorded_run, capsys):
-    assert checklist.main([str(recorded_run), "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
+def checklist_config(*overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("checklist", list(overrides))
+
+
+def test_checklist_groups_items_as_in_the_paper_and_reads_sub_folders(recorded_run):
+    result = json.loads(checklist.run(checklist_config(f"run_dirs=[{recorded_run}]", "json=true")).lines[0])
     assert [r["stage"] for r in result["records"]] == ["train", "survival"]
     assert [p["name"].split(":")[0] for p in result["parts"]] == [f"Part {n}" for n in ("I", "II", "III", "IV", "V")]
     items = {i["id"]: i for p in result["parts"] for i in p["items"]}
@@ -137,13 +148,23 @@ def test_checklist_groups_items_as_in_the_paper_and_reads_sub_folders(recorded_r
         assert items[author]["status"] == "author" and items[author]["author"]
     assert "ethics" in items[4]["author"] and "readers" in items[27]["author"]
     assert "External validation".lower() in items[28]["author"].lower()
-    assert checklist.main([str(recorded_run)]) == 0
-    text = capsys.readouterr().out
+    text = checklist.run(checklist_config(f"run_dirs=[{recorded_run}]")).lines[0]
     assert "Part IV: Training, Validation and Testing" in text and "for the author: ethics approval" in text
 
 
+def test_checklist_command_prints_json_only_and_names_a_missing_folder(recorded_run, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "radiopath.checklist", f"run_dirs=[{recorded_run}]", "json=true"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["counts"]["recorded"] > 0  # stdout is JSON and nothing else
+    assert not list(tmp_path.iterdir())  # the command only reads
+    missing = subprocess.run([sys.executable, "-m", "radiopath.checklist", f"run_dirs=[{tmp_path / 'nope'}]"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "run_dirs: no run folder" in missing.stderr
+
+
 def test_checklist_skips_temporary_and_failed_records(recorded_run, tmp_path):
-    (tmp_path / ".tmp-abc-manifest.json").write_text(json.dumps({"stage": "train", "record_version": 1}))
+    (tmp_path / ".tmp-abc-run_record.json").write_text(json.dumps({"stage": "train", "record_version": 1}))
     with pytest.raises(RuntimeError):
         with run_record("train", OmegaConf.create({"training": {"batch_size": 2, "lr": 0.1}}), tmp_path):
             raise RuntimeError("killed")
@@ -157,7 +178,7 @@ def test_report_has_a_reproducibility_checklist_section(recorded_run, tmp_path):
     from hydra import compose, initialize_config_dir
 
     from conftest import CONF_DIR
-    from radiopath.report.build import build_report
+    from radiopath.report import build_report
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("report", [f"run_dirs=[{recorded_run}]", f"output={tmp_path / 'report'}", "overlays.n_cases=0"])

@@ -4,7 +4,9 @@ import pytest
 import torch
 from torch_geometric.data import Batch, Data
 
-from radiopath.models import build_aggregator, collate_patients
+from conftest import conf_values
+from radiopath.models import AGGREGATORS, collate_patients
+from radiopath.errors import ConfigError
 from radiopath.models.pooling import TopKNodePooling
 
 
@@ -60,14 +62,27 @@ def test_gated_score_keeps_the_requested_number_per_graph():
     assert pool.gate.score.weight.grad.abs().sum() > 0  # the score is trained through the gate
 
 
-@pytest.mark.parametrize("bad, message", [
-    (dict(ratio=0.0), "ratio"), (dict(ratio=1.5), "ratio"), (dict(min_nodes=0), "min_nodes"),
-    (dict(score="max"), "score"),
+@pytest.mark.parametrize("bad, key", [
+    (dict(ratio=0.0), "ratio"), (dict(ratio=1.5), "ratio"), (dict(ratio=-0.2), "ratio"), (dict(ratio=2), "ratio"),
+    (dict(min_nodes=0), "min_nodes"), (dict(score="max"), "score"),
 ])
-def test_bad_pooling_settings_are_refused(bad, message):
+def test_bad_pooling_settings_are_refused(bad, key):
     settings = dict(ratio=0.5, min_nodes=1, score="abs") | bad
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError) as refused:
         TopKNodePooling(4, **settings)
+    assert refused.value.key == key
+
+
+@pytest.mark.parametrize("score", ["linear", "abs", "gated"])
+@pytest.mark.parametrize("ratio", [1.0, 1])
+def test_ratio_one_keeps_every_node(score, ratio):
+    """A ratio is a fraction of each graph: 1 keeps all its nodes (PyG's TopKPooling read it as one node)."""
+    torch.manual_seed(0)
+    patients = [{"pathology": chain(torch.randn(n).tolist())} for n in (12, 7)]
+    settings = conf_values("model/sparra_paper", hidden=8, attention_dim=4, ratio=ratio, score=score)
+    model = AGGREGATORS.create("sparra", {"pathology": 2}, **settings).eval()
+    importance = model(collate_patients(patients)).node_importance["pathology"]
+    assert importance.shape == (19,) and (importance > 0).all()  # every node survived both poolings
 
 
 def doubled(graph: Data) -> Data:
@@ -81,8 +96,9 @@ def doubled(graph: Data) -> Data:
 def test_mean_reduction_keeps_the_variational_terms_independent_of_graph_size(reduction, growth):
     torch.manual_seed(0)
     graph = Data(x=torch.randn(32, 5), edge_index=torch.zeros(2, 0, dtype=torch.long))
-    model = build_aggregator("sparra", {"pathology": 5}, hidden=8, attention_dim=4, dropout=0.0,
-                             ratio=0.5, min_nodes=1, score="abs", reduction=reduction).eval()
+    settings = conf_values("model/sparra_paper", hidden=8, attention_dim=4, dropout=0.0, ratio=0.5, min_nodes=1,
+                           score="abs", reduction=reduction)
+    model = AGGREGATORS.create("sparra", {"pathology": 5}, **settings).eval()
     small = model(collate_patients([{"pathology": graph}])).loss_terms
     large = model(collate_patients([{"pathology": doubled(graph)}])).loss_terms
     for term in ("kl", "recon"):
@@ -92,7 +108,7 @@ def test_mean_reduction_keeps_the_variational_terms_independent_of_graph_size(re
 def test_recipe_defaults_load_and_build(compose_config):
     cfg = compose_config("train")
     kwargs = dict(cfg.model.kwargs)
-    model = build_aggregator(cfg.model.name, {"pathology": 6, "radiology": 4}, **kwargs)
+    model = AGGREGATORS.create(cfg.model.name, {"pathology": 6, "radiology": 4}, **kwargs)
     assert cfg.model.name == "sparra" and kwargs["score"] in ("gated", "abs") and kwargs["min_nodes"] > 1
     assert kwargs["reduction"] == "mean"
     paper = compose_config("train", ["experiment=radiopathomics_sparra_paper"])

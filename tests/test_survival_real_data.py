@@ -20,7 +20,7 @@ from sksurv.metrics import (
 from sksurv.util import Surv
 
 from radiopath.survival.benchmark import format_summary
-from radiopath.survival.stage import run_stage
+from radiopath.survival.stage import run_survival
 
 
 def write_table(X, y, n_rows, path, seed=0):
@@ -63,7 +63,7 @@ def test_gbsg2_matches_direct_scikit_survival(compose_config, tmp_path, capsys):
             "metrics.time_grid_size=10",
         ],
     )
-    result, summary, out = run_stage(cfg)
+    result, summary, out = run_survival(cfg)
     with capsys.disabled():
         print("\nGBSG2 (300 patients, 5 folds)\n" + format_summary(summary))
     assert result.errors == []
@@ -134,7 +134,7 @@ def test_whas500_univariate_selection_matches_lifelines(compose_config, tmp_path
             "metrics.time_grid_size=10",
         ],
     )
-    result, summary, out = run_stage(cfg)
+    result, summary, out = run_survival(cfg)
     with capsys.disabled():
         print("\nWHAS500 (250 patients, 5 folds, univariate Cox p < 0.2)\n" + format_summary(summary))
     assert result.errors == []

@@ -7,7 +7,7 @@ from lifelines import CoxPHFitter
 from sksurv.util import Surv
 
 from radiopath.survival.selection import NearConstantFilter, UnivariateCoxSelector
-from radiopath.survival.stage import run_stage
+from radiopath.survival.stage import run_survival
 
 
 def survival_data(n=120, seed=0):
@@ -78,7 +78,7 @@ def test_selector_only_ever_sees_training_rows(compose_config, tmp_path, monkeyp
             "estimators.CoxPH.alpha=[1.0]",
         ],
     )
-    run_stage(cfg)
+    run_survival(cfg)
 
     folds = pd.read_csv(tmp_path / "survival" / "folds.csv")
     uid = dict(zip(table["case_id"], table["uid"]))
@@ -115,7 +115,7 @@ def test_filters_are_fitted_once_per_split_for_all_grids_and_models(compose_conf
             "estimators.FSVM.alpha=[0.01,1.0]",
         ],
     )
-    result, _, _ = run_stage(cfg)
+    result, _, _ = run_survival(cfg)
     assert not result.errors
     for rows in seen.values():
         # 2 outer folds x (2 inner training splits + the fold's training part): every grid

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from radiopath.survival.stage import run_stage
+from radiopath.survival.stage import run_survival
 
 # Small grids and few trees: the point is the plumbing, not the numbers.
 FAST = [
@@ -77,7 +77,7 @@ def censored_fold_run(tmp_path_factory):
     manifest = fabricate_run(run_dir, censored_fold=2)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("survival", [f"run_dir={run_dir}", f"data.manifest={manifest}", *FAST])
-    result, summary, output_dir = run_stage(cfg)
+    result, summary, output_dir = run_survival(cfg)
     return run_dir, output_dir, result, summary
 
 
@@ -85,7 +85,7 @@ def test_outputs_have_the_documented_columns(censored_fold_run):
     run_dir, out, result, _ = censored_fold_run
     assert out == run_dir / "survival"
     assert list(pd.read_csv(out / "metrics.csv").columns) == ["fold", "model", "metric", "value", "note"]
-    assert list(pd.read_csv(out / "summary.csv").columns) == ["model", "metric", "mean", "std", "n_folds"]
+    assert list(pd.read_csv(out / "summary.csv").columns) == ["model", "metric", "mean", "std", "n_folds", "n_na"]
     predictions = pd.read_csv(out / "predictions.csv", dtype={"case_id": str})
     assert list(predictions.columns) == ["fold", "model", "case_id", "risk", "os_time", "os_event"]
     logrank = pd.read_csv(out / "logrank.csv")
@@ -167,7 +167,7 @@ def test_parallel_grid_and_forest_give_the_serial_results(run_config, tmp_path):
             [f"tuning.n_jobs={n_jobs}", f"estimators.RSF.n_jobs={n_jobs}", f"output_dir={tmp_path / str(n_jobs)}"],
             n_patients=40,
         )
-        results[n_jobs] = run_stage(cfg)[0]
+        results[n_jobs] = run_survival(cfg)[0]
     serial, parallel = results[1], results[2]
     assert not serial.errors and not parallel.errors
     pd.testing.assert_frame_equal(serial.metrics, parallel.metrics)
@@ -182,7 +182,7 @@ def test_failing_and_non_converging_models_are_recorded(run_config):
     cfg = run_config(
         ["models=[RSF,CoxPH]", "estimators.RSF.max_features=bogus", "estimators.CoxPH.n_iter=1"], n_patients=40
     )
-    result, summary, _ = run_stage(cfg)
+    result, summary, _ = run_survival(cfg)
     rsf = result.metrics[result.metrics["model"] == "RSF"]
     assert rsf["value"].isna().all() and rsf["note"].str.startswith("fit failed").all()
     assert len(result.errors) == 5

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from radiopath.train import run_training
+from radiopath.training.stage import run_training
 from radiopath.training.folds import create_once, load_or_make_folds, make_folds
 
 from test_training import toy_cohort
@@ -66,11 +66,11 @@ def test_fold_jobs_of_a_multirun_equal_the_single_process_run(compose_config, tm
     for k in range(2):
         pd.testing.assert_frame_equal(pd.read_csv(multi / f"fold{k}" / "vectors.csv"),
                                       pd.read_csv(single / f"fold{k}" / "vectors.csv"), check_exact=True)
-        record = json.loads((multi / f"manifest_fold{k}.json").read_text())
+        record = json.loads((multi / f"run_record_fold{k}.json").read_text())
         assert record["status"] == "finished" and record["config"]["fold"] == k
         assert set(record["epochs"]) == {f"fold{k}"}
         assert (multi / f"failures_fold{k}.csv").is_file()
-    assert not (multi / "manifest.json").exists() and not (multi / "failures.csv").exists()
+    assert not (multi / "run_record.json").exists() and not (multi / "failures.csv").exists()
     configs = [OmegaConf.to_container(OmegaConf.load(run / "config.yaml")) for run in (multi, single)]
     for config in configs:
         del config["output_dir"]

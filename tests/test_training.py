@@ -10,8 +10,8 @@ from torch_geometric.data import Data
 
 from radiopath.graphs.edges import knn_edges
 from radiopath.graphs.io import graph_path, save_graph
-from radiopath.train import run_training
 from radiopath.training.folds import load_or_make_folds, make_folds
+from radiopath.training.stage import run_training
 
 SMALL_MODEL = ["model.kwargs.hidden=16", "model.kwargs.attention_dim=8", "model.kwargs.dropout=0.1"]
 

@@ -9,8 +9,9 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.nn import GCNConv
 
 import radiopath.models.layers as layers
+from conftest import conf_values
 from radiopath.graphs.edges import delaunay_edges
-from radiopath.models import build_aggregator, collate_patients, cox_partial_nll
+from radiopath.models import AGGREGATORS, collate_patients, cox_partial_nll
 from radiopath.models.batch import CollateCache, PatientBatch
 from radiopath.models.layers import SparseGCNConv, gcn_adjacency
 from radiopath.training.cohort import Patient
@@ -89,7 +90,7 @@ def test_sparse_gcn_leaves_graphs_with_self_loops_to_pyg():
 
 
 def test_cached_adjacency_equals_the_one_built_from_edge_index(cohort):
-    scaler = NodeScaler().fit(cohort)
+    scaler = NodeScaler(**conf_values("node_features")).fit(cohort)
     cache = CollateCache()
     for chunk in (cohort[:7], cohort[5:20]):
         batch = collate_patients([p.graphs for p in chunk], transform=scaler.transform, cache=cache)
@@ -101,14 +102,14 @@ def test_cached_adjacency_equals_the_one_built_from_edge_index(cohort):
 
 
 def test_sparra_convolutions_are_sparse_gcn():
-    model = build_aggregator("sparra", DIMS, hidden=8, attention_dim=4)
+    model = AGGREGATORS.create("sparra", DIMS, **conf_values("model/sparra_paper", hidden=8, attention_dim=4))
     assert all(isinstance(conv, SparseGCNConv) for b in model.branches.values() for conv in b.convs)
 
 
 # --- collation into reused buffers, standardised on the way in ---------------------------
 
 def test_buffered_collation_equals_concatenate_then_standardise(cohort):
-    scaler = NodeScaler().fit(cohort)
+    scaler = NodeScaler(**conf_values("node_features")).fit(cohort)
     cache = CollateCache()
     before = {id(g): g.x.clone() for p in cohort for g in p.graphs.values()}
     storage = []
@@ -137,7 +138,7 @@ def test_backward_through_an_overwritten_buffer_fails_loudly(cohort):
 
 
 def test_streaming_scaler_matches_the_concatenated_statistics(cohort):
-    scaler = NodeScaler().fit(cohort)
+    scaler = NodeScaler(**conf_values("node_features")).fit(cohort)
     for m in DIMS:
         x = torch.cat([p.graphs[m].x for p in cohort if m in p.graphs]).double()
         torch.testing.assert_close(scaler.mean_[m], x.mean(0).float(), rtol=0, atol=0)
@@ -172,18 +173,19 @@ def reference_fit(model, train, scaler, settings, generator):
 @pytest.mark.parametrize("name", ["abmil", "sparra"])
 def test_fit_reproduces_the_reference_loop(cohort, name, monkeypatch):
     train, test = cohort[:18], cohort[18:]
-    scaler = NodeScaler().fit(train)
-    settings = TrainSettings(epochs=3, batch_size=6, lr=1e-3)
+    scaler = NodeScaler(**conf_values("node_features")).fit(train)
+    settings = TrainSettings(**conf_values("training", epochs=3, batch_size=6, lr=1e-3))
     # SPARRA without the reconstruction term: top-k keeps near-dead nodes (all-ReLU-zero rows,
     # score ~0) in an order that rounding decides, and the reconstruction targets are those
     # nodes' inputs, so it jumps where everything else moves by rounding only.
-    kwargs = {"hidden": 8, "attention_dim": 4, **({"tau": 0.0} if name == "sparra" else {})}
+    kwargs = conf_values("model/sparra_paper", hidden=8, attention_dim=4, tau=0.0) if name == "sparra" \
+        else conf_values("model/abmil", hidden=8, attention_dim=4)
     torch.manual_seed(0)
-    ours = build_aggregator(name, DIMS, **kwargs)
+    ours = AGGREGATORS.create(name, DIMS, **kwargs)
     with monkeypatch.context() as patch:  # the reference propagates with PyG's own GCNConv
         patch.setattr(layers, "SparseGCNConv", GCNConv)
         torch.manual_seed(0)
-        theirs = build_aggregator(name, DIMS, **kwargs)
+        theirs = AGGREGATORS.create(name, DIMS, **kwargs)
     theirs.load_state_dict(ours.state_dict())
 
     torch.manual_seed(1)
@@ -200,10 +202,10 @@ def test_fit_reproduces_the_reference_loop(cohort, name, monkeypatch):
 
 
 def test_predict_splits_importance_per_patient_and_modality(cohort):
-    scaler = NodeScaler().fit(cohort)
+    scaler = NodeScaler(**conf_values("node_features")).fit(cohort)
     torch.manual_seed(0)
-    model = build_aggregator("abmil", DIMS, hidden=8, attention_dim=4)
-    settings = TrainSettings(eval_batch_size=7)
+    model = AGGREGATORS.create("abmil", DIMS, **conf_values("model/abmil", hidden=8, attention_dim=4))
+    settings = TrainSettings(**conf_values("training", eval_batch_size=7))
     risk, vectors, importance = predict(model, cohort, scaler, settings, torch.device("cpu"), with_importance=True)
     assert risk.shape == (24,) and vectors.shape == (24, 16) and len(importance) == 24
     for patient, nodes in zip(cohort, importance):
@@ -223,12 +225,12 @@ def test_term_weight_ramps_linearly():
 
 def test_warmup_scales_the_model_terms_and_logs_them_unscaled(cohort):
     train, test = cohort[:18], cohort[18:]
-    scaler = NodeScaler().fit(train)
+    scaler = NodeScaler(**conf_values("node_features")).fit(train)
 
     def run(warmup):
         torch.manual_seed(0)
-        model = build_aggregator("sparra", DIMS, hidden=8, attention_dim=4)
-        settings = TrainSettings(epochs=3, batch_size=6, warmup_epochs=warmup)
+        model = AGGREGATORS.create("sparra", DIMS, **conf_values("model/sparra_paper", hidden=8, attention_dim=4))
+        settings = TrainSettings(**conf_values("training", epochs=3, batch_size=6, warmup_epochs=warmup))
         history = fit(model, train, test, scaler, settings, torch.Generator().manual_seed(0), torch.device("cpu"))
         return history, model
 

@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 import torch
 
-from radiopath import train
-from radiopath.train import run_training
+from radiopath.training import stage
 from radiopath.training.cohort import Patient
 from radiopath.training.scaling import NodeScaler
+from radiopath.training.stage import run_training
 from radiopath.training.tuning import search
 
 from test_training import toy_cohort, train_config
@@ -32,8 +32,8 @@ def test_tuning_never_sees_the_test_fold(compose_config, tmp_path, monkeypatch):
     def log(what, patients):
         seen.append((state["fold"], state["tuning"], what, ids(patients)))
 
-    real_train_fold, real_tune_fold = train.train_fold, train.tune_fold
-    real_fit, real_predict, real_scaler_fit = train.fit, train.predict, NodeScaler.fit
+    real_train_fold, real_tune_fold = stage.train_fold, stage.tune_fold
+    real_fit, real_predict, real_scaler_fit = stage.fit, stage.predict, NodeScaler.fit
 
     def train_fold(cfg, cohort, folds, k, device):
         state["fold"] = k
@@ -59,10 +59,10 @@ def test_tuning_never_sees_the_test_fold(compose_config, tmp_path, monkeypatch):
         log("scaler", patients)
         return real_scaler_fit(self, patients)
 
-    monkeypatch.setattr(train, "train_fold", train_fold)
-    monkeypatch.setattr(train, "tune_fold", tune_fold)
-    monkeypatch.setattr(train, "fit", fit)
-    monkeypatch.setattr(train, "predict", predict)
+    monkeypatch.setattr(stage, "train_fold", train_fold)
+    monkeypatch.setattr(stage, "tune_fold", tune_fold)
+    monkeypatch.setattr(stage, "fit", fit)
+    monkeypatch.setattr(stage, "predict", predict)
     monkeypatch.setattr(NodeScaler, "fit", scaler_fit)
     assert run_training(cfg).ok
 

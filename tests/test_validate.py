@@ -8,9 +8,10 @@ import pytest
 import torch
 from hydra import initialize_config_dir
 
+from radiopath.layout import RunFolder
 from radiopath.validate import scores
 from radiopath.validate.benchmark import CONF_DIR, changed_keys, check_config, compose_stage, run_benchmark
-from radiopath.validate.planted import FAMILIES, write_planted_cohort
+from radiopath.validate.planted import FAMILIES, truth_path, write_planted_cohort
 
 # Tiny graphs: the run checks the plumbing, not the method.
 TINY_COHORT = ["+cohort.pathology_nodes=[30,60]", "+cohort.radiology_nodes=[15,30]",
@@ -51,21 +52,22 @@ def test_own_risk_c_index_on_test_rows_and_nan_without_risk():
 
 
 def test_node_scores_average_over_patients_where_defined(tmp_path):
-    truth_dir, fold = tmp_path / "truth", tmp_path / "fold0"
+    truth_dir, run = tmp_path / "truth", RunFolder(tmp_path / "run")
     truths = {"a": torch.tensor([True, False, False]), "b": torch.tensor([False, False, False])}
     importance = {"a": torch.tensor([0.0, 0.0, 0.5]), "b": torch.tensor([0.2, 0.0, 0.1])}
     for case_id in truths:
-        (truth_dir / "pathology").mkdir(parents=True, exist_ok=True)
-        (fold / "importance").mkdir(parents=True, exist_ok=True)
-        torch.save(truths[case_id], truth_dir / "pathology" / f"{case_id}.pt")
-        torch.save({"pathology": importance[case_id]}, fold / "importance" / f"{case_id}.pt")
-    pooled = scores.node_scores(fold_dir=fold, truth_dir=truth_dir, case_ids=["a", "b"], pooling=True)
+        for path in (truth_path(truth_dir, "pathology", case_id), run.importance(0, case_id)):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(truths[case_id], truth_path(truth_dir, "pathology", case_id))
+        torch.save({"pathology": importance[case_id]}, run.importance(0, case_id))
+    pooled = scores.node_scores(run=run, fold=0, truth_dir=truth_dir, case_ids=["a", "b"], pooling=True)
     # a: planted node tied with one other, below the third: AUROC 0.25; dropped -> kept 0; b: undefined
     assert pooled["auroc_pathology"] == 0.25 and pooled["kept_pathology"] == 0.0
     assert math.isnan(pooled["auroc_radiology"]) and math.isnan(pooled["kept_radiology"])
-    attention = scores.node_scores(fold_dir=fold, truth_dir=truth_dir, case_ids=["a", "b"], pooling=False)
+    attention = scores.node_scores(run=run, fold=0, truth_dir=truth_dir, case_ids=["a", "b"], pooling=False)
     assert attention["auroc_pathology"] == 0.25 and math.isnan(attention["kept_pathology"])
-    mean = scores.node_scores(fold_dir=tmp_path / "no-importance", truth_dir=truth_dir, case_ids=["a"], pooling=False)
+    mean = scores.node_scores(run=RunFolder(tmp_path / "no-importance"), fold=0, truth_dir=truth_dir, case_ids=["a"],
+                              pooling=False)
     assert all(math.isnan(v) for v in mean.values())
 
 

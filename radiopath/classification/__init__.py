@@ -5,6 +5,6 @@ pipeline is a :class:`CasePipeline` registered by name; the evaluation (splits,
 metrics, DeLong, calibration, report) treats them all alike.
 """
 
-from radiopath.classification.base import CasePipeline, build_pipeline, list_pipelines, register_pipeline
+from radiopath.classification.base import PIPELINES, CasePipeline
 
-__all__ = ["CasePipeline", "build_pipeline", "list_pipelines", "register_pipeline"]
+__all__ = ["PIPELINES", "CasePipeline"]

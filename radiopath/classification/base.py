@@ -1,5 +1,9 @@
 """The contract every classification pipeline keeps, and the registry that builds them by name.
 
+``PIPELINES.create(name, **kwargs)`` builds one (``PIPELINES.names()`` lists them); a new
+pipeline module registers its pipelines with ``@PIPELINES.register(name)`` and is added to
+the registry's built-in modules below.
+
 A pipeline sees whole cases, not feature matrices: ``cases`` is a slice of the cohort
 manifest (``case_id``, absolute ``ct``/``mask`` paths, clinical columns, ...), so each
 pipeline owns everything it fits (radiomics, PCA, SMOTE, a CNN) and the evaluation
@@ -15,6 +19,8 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+
+from radiopath.registry import Registry
 
 
 class CasePipeline(ABC):
@@ -41,42 +47,7 @@ class CasePipeline(ABC):
         return []
 
 
-_PIPELINES: dict[str, Callable[..., CasePipeline]] = {}
-
-
-def register_pipeline(name: str) -> Callable:
-    """Decorator: register ``builder(**kwargs) -> CasePipeline`` under ``name``."""
-
-    def decorate(builder: Callable[..., CasePipeline]) -> Callable[..., CasePipeline]:
-        if name in _PIPELINES:
-            raise ValueError(f"classification pipeline {name!r} is registered twice")
-        _PIPELINES[name] = builder
-        return builder
-
-    return decorate
-
-
-def build_pipeline(name: str, **kwargs) -> CasePipeline:
-    """Build the pipeline registered as ``name`` with its config ``kwargs``."""
-    _load_builtin()
-    if name not in _PIPELINES:
-        raise KeyError(f"unknown classification pipeline {name!r}; known: {', '.join(list_pipelines())}")
-    return _PIPELINES[name](**kwargs)
-
-
-def list_pipelines() -> list[str]:
-    """Names of the registered pipelines."""
-    _load_builtin()
-    return sorted(_PIPELINES)
-
-
-def _load_builtin() -> None:
-    # Importing a pipeline module registers it; modules are imported lazily because
-    # the deep pipelines pull in torch models the radiomics ones never need.
-    import importlib
-    import pkgutil
-
-    import radiopath.classification.pipelines as package
-
-    for module in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"{package.__name__}.{module.name}")
+# Imported on first use: the deep pipelines pull in torch models the radiomics ones never need.
+PIPELINES = Registry("classification pipeline", builtin_modules=tuple(
+    f"radiopath.classification.pipelines.{module}"
+    for module in ("radiomics", "cnn_radiomics", "embeddings", "multiphase", "rgcnn")))

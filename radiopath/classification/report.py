@@ -54,12 +54,12 @@ def delong_html(delong: pd.DataFrame, order: list[str]) -> str:
     return html.simple_table(pd.DataFrame(rows))
 
 
-def build_report(
+def render_classification_report(
     path: Path, title: str, task_summary: str, metrics: pd.DataFrame, delong: pd.DataFrame,
     figures: list[tuple[Path, str]], excluded: pd.DataFrame, failures: list[tuple[str, str]], settings: str,
     embed_images: bool,
 ) -> str:
-    """The report's HTML text (the caller writes it to ``path``)."""
+    """The classification report's HTML text; the caller writes it to ``path`` (images are relative to its folder)."""
     order = list(dict.fromkeys(metrics["pipeline"]))
     problems = [f"{pipeline} failed: {error}" for pipeline, error in failures]
     sections = [

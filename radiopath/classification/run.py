@@ -25,7 +25,7 @@ from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from radiopath.classification import ct_inputs
-from radiopath.classification.base import CasePipeline, build_pipeline
+from radiopath.classification.base import PIPELINES, CasePipeline
 from radiopath.classification.metrics import youden_threshold
 from radiopath.classification.parallel import run_jobs
 from radiopath.classification.sharing import shared_fits
@@ -74,7 +74,7 @@ def _check_proba(label: str, p, n: int) -> np.ndarray:
 def _fit_predict(spec: PipelineSpec, seed: int, train: pd.DataFrame, y_train: np.ndarray,
                  held_out: list[pd.DataFrame]) -> list[np.ndarray]:
     """Fit a fresh pipeline on ``train`` only and score each frame of ``held_out``."""
-    pipeline: CasePipeline = build_pipeline(spec.name, random_state=seed, **spec.kwargs)
+    pipeline: CasePipeline = PIPELINES.create(spec.name, random_state=seed, **spec.kwargs)
     pipeline.fit(train.reset_index(drop=True), y_train)
     return [_check_proba(spec.label, pipeline.predict_proba(part.reset_index(drop=True)), len(part))
             for part in held_out]
@@ -113,7 +113,7 @@ def prepare_inputs(specs: list[PipelineSpec], cases: pd.DataFrame, jobs: int = 1
     functions = []
     for spec in specs:
         try:
-            functions += build_pipeline(spec.name, **spec.kwargs).input_functions()
+            functions += PIPELINES.create(spec.name, **spec.kwargs).input_functions()
         except Exception:  # a pipeline that cannot be built fails, and is reported, in its fits
             continue
     rows = [row for row in ct_inputs.rows(cases) if any(ct_inputs.pending(f, row) for f in functions)]

@@ -1,4 +1,4 @@
-"""The ``python -m radiopath.classify`` stage: task -> splits -> evaluation -> tables, figures, report."""
+"""The classify stage (``python -m radiopath.classify``): task -> splits -> evaluation -> tables, figures, report."""
 
 from __future__ import annotations
 
@@ -7,13 +7,16 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from radiopath.classification.parallel import limited_threads
 from radiopath.classification.plots import plot_calibration, plot_roc
-from radiopath.classification.report import build_report
+from radiopath.classification.report import render_classification_report
 from radiopath.classification.results import calibration_tables, delong_table, metrics_table
 from radiopath.classification.run import Evaluation, PipelineSpec, evaluate
 from radiopath.classification.splits import make_splits
 from radiopath.classification.tasks import TaskData, load_task
+from radiopath.entry import StageResult
 from radiopath.io import atomic_write_csv, atomic_write_text
+from radiopath.repro import active
 
 
 def pipeline_specs(cfg: DictConfig) -> list[PipelineSpec]:
@@ -36,7 +39,7 @@ def load_cfg_task(cfg: DictConfig) -> TaskData:
     return load_task(cfg.data.manifest, cfg.task.name, cfg.task.label, population, allow_outside)
 
 
-def run_stage(cfg: DictConfig) -> tuple[TaskData, Evaluation, Path]:
+def run_classification(cfg: DictConfig) -> tuple[TaskData, Evaluation, Path]:
     """Evaluate the configured pipelines and write every output under ``cfg.output_dir``."""
     specs = pipeline_specs(cfg)
     out = Path(cfg.output_dir)
@@ -71,7 +74,20 @@ def run_stage(cfg: DictConfig) -> tuple[TaskData, Evaluation, Path]:
             (plot_calibration(calibration, brier, out / "figures" / "calibration.png", title, cfg.report.dpi),
              "Calibration, 95% bootstrap CI per bin"),
         ]
-    page = build_report(out / "report.html", f"{cfg.report.title}: {task.name}", task.summary(), metrics, delong,
+    page = render_classification_report(out / "report.html", f"{cfg.report.title}: {task.name}", task.summary(), metrics, delong,
                         figures, task.excluded, evaluation.failures, settings, cfg.report.embed_images)
     atomic_write_text(page, out / "report.html")
     return task, evaluation, out
+
+
+def run(cfg: DictConfig) -> StageResult:
+    """Evaluate ``cfg.pipelines`` on ``cfg.task``; a pipeline that failed is named and the others finish."""
+    with limited_threads(cfg.threads):
+        task, evaluation, out = run_classification(cfg)
+    record = active()
+    record.input(cfg.data.manifest, "cohort manifest")
+    record.input(out / "splits.csv", "splits")
+    record.dataset(task=task.name, cases=len(task.y), positives=int(task.y.sum()), excluded=len(task.excluded))
+    failures = [f"{pipeline}: {error}" for pipeline, error in evaluation.failures]
+    return StageResult(out, "classification results (report.html)",
+                       lines=[f"FAILED {failure}" for failure in failures], failures=failures)

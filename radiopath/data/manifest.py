@@ -32,8 +32,10 @@ import numpy as np
 import pandas as pd
 
 from radiopath.errors import CaseError, ManifestError
+from radiopath.modality import MODALITIES
 
-IMAGE_COLUMNS = ("ct", "mask", "wsi")
+# Every modality's image columns (ct, mask, wsi): paths resolved and checked to exist.
+IMAGE_COLUMNS = tuple(column for spec in MODALITIES.values() for column in spec.image_columns)
 
 
 @dataclass

@@ -34,7 +34,7 @@ from torch import nn
 
 from radiopath.encoders.base import VolumeEncoder
 from radiopath.encoders.checkpoints import initialise
-from radiopath.encoders.registry import register_encoder
+from radiopath.encoders.registry import ENCODERS
 from radiopath.errors import CaseError
 from radiopath.preprocess.ct import PreparedCT
 
@@ -209,7 +209,7 @@ def patch_counts(mask: np.ndarray, patch: np.ndarray) -> np.ndarray:
     return mask.reshape(gz, patch[0], gy, patch[1], gx, patch[2]).sum(axis=(1, 3, 5))
 
 
-@register_encoder("segvol")
+@ENCODERS.register("segvol")
 def segvol(
     checkpoint: str | None = None,
     *,
@@ -300,7 +300,7 @@ def _vision_tower(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if k.startswith(("vision_encoder.", "mm_vision_proj."))}
 
 
-@register_encoder("m3d_clip")
+@ENCODERS.register("m3d_clip")
 def m3d_clip(
     checkpoint: str | None = None,
     *,

@@ -16,6 +16,7 @@ from radiopath.data.readers import open_slide, read_ct, slide_mpp
 from radiopath.encoders.base import TileEncoder, VolumeEncoder
 from radiopath.encoders.features import PatchFeatures
 from radiopath.errors import CaseError
+from radiopath.modality import PATHOLOGY, RADIOLOGY
 from radiopath.preprocess.ct import preprocess_ct
 from radiopath.preprocess.wsi import read_tiles, tile_grid, tissue_mask
 
@@ -37,7 +38,7 @@ def encode_ct_case(
     features, coords = encoder.encode(prepared, device=device)
     return PatchFeatures(
         case_id=case_id,
-        modality="radiology",
+        modality=RADIOLOGY.name,
         encoder=encoder.name,
         features=features,
         coords=coords,
@@ -70,7 +71,7 @@ def encode_wsi_case(
         slide.close()
     return PatchFeatures(
         case_id=case_id,
-        modality="pathology",
+        modality=PATHOLOGY.name,
         encoder=encoder.name,
         features=np.concatenate(chunks),
         coords=grid.coords,

@@ -1,8 +1,11 @@
 """The patch-feature file: what the encode stage writes and build_graphs reads.
 
 One file per case, modality and encoder, at
-``{features_dir}/{modality}/{encoder}/{case_id}.pt``: a ``torch.save`` of a plain
-dict of tensors and strings, so it loads with ``torch.load(weights_only=True)``:
+``{features_dir}/{modality}/{encoder}/{case_id}.pt``
+(:func:`radiopath.layout.features_path`): a ``torch.save`` of a plain dict of
+tensors and strings, so it loads with ``torch.load(weights_only=True)``. What
+depends on the modality (coordinate units and dimensions, whether ``level0_mpp``
+is needed) comes from :mod:`radiopath.modality`:
 
 ============== ===============================================================
 ``features``   float32 ``(N, D)``: one row per patch
@@ -28,9 +31,7 @@ import numpy as np
 import torch
 
 from radiopath.io import atomic_torch_save
-
-MODALITIES = ("radiology", "pathology")
-COORD_UNITS = {"radiology": "mm", "pathology": "level0_px"}
+from radiopath.modality import modality
 
 
 @dataclass
@@ -46,25 +47,25 @@ class PatchFeatures:
     level0_mpp: float | None = None
 
     def __post_init__(self):
-        if self.modality not in MODALITIES:
-            raise ValueError(f"modality must be one of {MODALITIES}, got {self.modality!r}")
+        spec = modality(self.modality)
         self.features = np.asarray(self.features, dtype=np.float32)
         self.coords = np.asarray(self.coords, dtype=np.float32)
         self.patch_size = np.asarray(self.patch_size, dtype=np.float32).reshape(-1)
-        n, dims = len(self.features), 2 if self.modality == "pathology" else 3
+        n, dims = len(self.features), spec.dims
         if self.features.ndim != 2 or self.coords.shape != (n, dims):
             raise ValueError(
                 f"case {self.case_id!r}: features {self.features.shape} and coords {self.coords.shape} "
                 f"do not describe {n} patches with {dims}-D positions"
             )
-        if self.modality == "pathology" and not (self.level0_mpp and self.level0_mpp > 0):
-            raise ValueError(f"case {self.case_id!r}: pathology features need the slide's level0_mpp")
+        if spec.needs_mpp and not (self.level0_mpp and self.level0_mpp > 0):
+            raise ValueError(f"case {self.case_id!r}: {self.modality} features need the slide's level0_mpp")
         if not _all_finite(self.features):
             raise ValueError(f"case {self.case_id!r}: {self.modality} features contain NaN or inf")
 
     @property
     def coord_units(self) -> str:
-        return COORD_UNITS[self.modality]
+        """Units of ``coords`` and ``patch_size`` (``"level0_px"``, ``"mm"``)."""
+        return modality(self.modality).coord_units
 
     def save(self, path: str | Path) -> None:
         """Write atomically to ``path``."""
@@ -101,8 +102,3 @@ class PatchFeatures:
 def _all_finite(values: np.ndarray, rows: int = 8192) -> bool:
     """``np.isfinite(values).all()`` a block of rows at a time (no full-size bool temporary)."""
     return all(np.isfinite(values[start:start + rows]).all() for start in range(0, len(values), rows))
-
-
-def features_path(features_dir: str | Path, modality: str, encoder: str, case_id: str) -> Path:
-    """Where the features of one case, modality and encoder live."""
-    return Path(features_dir) / modality / encoder / f"{case_id}.pt"

@@ -29,7 +29,7 @@ from torch import nn
 
 from radiopath.encoders.base import TileEncoder
 from radiopath.encoders.checkpoints import initialise
-from radiopath.encoders.registry import register_encoder
+from radiopath.encoders.registry import ENCODERS
 
 CONFIG_KEY = "encoder.pathology.checkpoint"
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -64,7 +64,7 @@ def _create(arch: str, defaults: dict, overrides: dict) -> nn.Module:
     return timm.create_model(arch, pretrained=False, num_classes=0, **{**defaults, **overrides})
 
 
-@register_encoder("uni")
+@ENCODERS.register("uni")
 def uni(checkpoint: str | None = None, input_size: int | None = None, **timm_kwargs) -> TimmTileEncoder:
     """UNI (Chen et al., Nat. Med. 2024): ViT-L/16 with LayerScale, 1024-d class token.
 
@@ -78,7 +78,7 @@ def uni(checkpoint: str | None = None, input_size: int | None = None, **timm_kwa
     return TimmTileEncoder("uni", model, input_size or _img_size(defaults, timm_kwargs), *IMAGENET)
 
 
-@register_encoder("conch")
+@ENCODERS.register("conch")
 def conch(checkpoint: str | None = None, input_size: int | None = None, **timm_kwargs) -> TimmTileEncoder:
     """CONCH's vision trunk (Lu et al., Nat. Med. 2024): ViT-B/16 at 448 px, 768-d class token.
 
@@ -101,7 +101,7 @@ def conch(checkpoint: str | None = None, input_size: int | None = None, **timm_k
     return TimmTileEncoder("conch", model, input_size or _img_size(defaults, timm_kwargs), *OPENAI_CLIP)
 
 
-@register_encoder("hipt")
+@ENCODERS.register("hipt")
 def hipt(checkpoint: str | None = None, input_size: int | None = None, **timm_kwargs) -> TimmTileEncoder:
     """HIPT's patch-level ViT-256 (Chen et al., CVPR 2022): DINO ViT-S/16 on 256-px tiles, 384-d.
 
@@ -216,7 +216,7 @@ def _swin_conv_stem(name: str, checkpoint: str | None, input_size: int | None, t
     return TimmTileEncoder(name, model, input_size or _img_size(defaults, timm_kwargs), *IMAGENET)
 
 
-@register_encoder("ctranspath")
+@ENCODERS.register("ctranspath")
 def ctranspath(checkpoint: str | None = None, input_size: int | None = None, **timm_kwargs) -> TimmTileEncoder:
     """CTransPath (Wang et al., Med. Image Anal. 2022): Swin-T with a conv stem, 768-d.
 
@@ -228,7 +228,7 @@ def ctranspath(checkpoint: str | None = None, input_size: int | None = None, **t
     return _swin_conv_stem("ctranspath", checkpoint, input_size, timm_kwargs)
 
 
-@register_encoder("chief")
+@ENCODERS.register("chief")
 def chief(checkpoint: str | None = None, input_size: int | None = None, **timm_kwargs) -> TimmTileEncoder:
     """CHIEF's patch encoder (Wang et al., Nature 2024), which is CTransPath.
 
@@ -238,11 +238,11 @@ def chief(checkpoint: str | None = None, input_size: int | None = None, **timm_k
     return _swin_conv_stem("chief", checkpoint, input_size, timm_kwargs)
 
 
-@register_encoder("timm")
+@ENCODERS.register("timm", member="model_name")
 def timm_model(
     model_name: str, checkpoint: str | None = None, input_size: int | None = None, **timm_kwargs
 ) -> TimmTileEncoder:
-    """Any timm model (``build_encoder("timm:resnet18")``): size and mean/std from its pretrained config.
+    """Any timm model (``ENCODERS.create("timm:resnet18")``): size and mean/std from its pretrained config.
 
     ``checkpoint`` is a state dict in timm's layout for that model (e.g. the
     ``pytorch_model.bin`` or ``model.safetensors`` of its timm release); its

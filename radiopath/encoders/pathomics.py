@@ -63,7 +63,7 @@ import torch
 from scipy import ndimage
 
 from radiopath.encoders.base import TileEncoder
-from radiopath.encoders.registry import register_encoder
+from radiopath.encoders.registry import ENCODERS
 
 FEATURE_NAMES = (
     "tissue_fraction",
@@ -244,7 +244,7 @@ class PathomicsEncoder(TileEncoder):
         ]
 
 
-@register_encoder("pathomics")
+@ENCODERS.register("pathomics")
 def pathomics(
     checkpoint: str | None = None,
     *,

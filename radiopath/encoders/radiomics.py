@@ -32,7 +32,7 @@ import SimpleITK as sitk
 from radiomics import featureextractor, imageoperations
 
 from radiopath.encoders.base import VolumeEncoder
-from radiopath.encoders.registry import register_encoder
+from radiopath.encoders.registry import ENCODERS
 from radiopath.errors import CaseError
 
 log = logging.getLogger(__name__)
@@ -236,7 +236,7 @@ def _drop_invalid(case_id: str, features: np.ndarray, coords: np.ndarray) -> tup
     return features[valid], coords[valid]
 
 
-@register_encoder("radiomics_scalar")
+@ENCODERS.register("radiomics_scalar")
 def radiomics_scalar(
     checkpoint=None,
     features: FeatureSpec | None = None,
@@ -264,7 +264,7 @@ def radiomics_scalar(
     return RadiomicsScalarEncoder(spec, image_types, log_sigma, _discretisation(bin_count, bin_width))
 
 
-@register_encoder("radiomics_maps")
+@ENCODERS.register("radiomics_maps")
 def radiomics_maps(
     checkpoint=None,
     features: FeatureSpec | None = None,

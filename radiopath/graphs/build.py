@@ -8,14 +8,30 @@ from torch_geometric.data import Data
 
 from radiopath.encoders.features import PatchFeatures
 from radiopath.graphs.cluster import cluster_patches
-from radiopath.graphs.edges import delaunay_edges, knn_edges, radius_edges
+from radiopath.graphs.edges import EDGE_BUILDERS
+from radiopath.modality import modality
 
 
-def patch_positions(patches: PatchFeatures) -> np.ndarray:
-    """Patch centres in physical units (float64): µm for slides, mm for CT."""
-    if patches.modality == "pathology":
-        return (patches.coords.astype(np.float64) + patches.patch_size / 2) * patches.level0_mpp
-    return patches.coords.astype(np.float64)
+def construction_params(*, radius: float, lambda_f: float, lambda_d: float, lambda_h: float, edges: str,
+                        connectivity: float, k: int) -> dict:
+    """The settings that shape a graph, as its file records them (``graph.build_params``).
+
+    Plain numbers and strings, so the file still loads with ``weights_only=True`` and
+    ``radius=1`` and ``radius=1.0`` compare equal. ``connectivity`` shapes Delaunay and
+    radius edges, ``k`` only k-NN edges; the one that did not shape the graph is None,
+    so two graphs that differ only in an unused setting count as built alike.
+    """
+    if edges not in EDGE_BUILDERS:
+        raise ValueError(f"edges must be {', '.join(EDGE_BUILDERS)}, got {edges!r}")
+    return {
+        "radius": float(radius),
+        "lambda_f": float(lambda_f),
+        "lambda_d": float(lambda_d),
+        "lambda_h": float(lambda_h),
+        "edges": str(edges),
+        "connectivity": None if edges == "knn" else float(connectivity),
+        "k": int(k) if edges == "knn" else None,
+    }
 
 
 def build_graph(
@@ -31,26 +47,22 @@ def build_graph(
 ) -> Data:
     """Cluster the patches (see :mod:`radiopath.graphs.cluster`) and connect the clusters.
 
-    ``radius``, ``connectivity`` and ``1/lambda_d`` are in the physical units of
-    :func:`patch_positions`. ``edges`` is ``delaunay`` (triangulation minus edges
-    longer than ``connectivity``), ``radius`` (all nodes within ``connectivity``)
-    or ``knn`` (``k`` nearest nodes).
+    ``radius``, ``connectivity`` and ``1/lambda_d`` are in the modality's physical
+    units (:meth:`radiopath.modality.Modality.physical_positions`). ``edges`` is
+    ``delaunay`` (triangulation minus edges longer than ``connectivity``), ``radius``
+    (all nodes within ``connectivity``) or ``knn`` (``k`` nearest nodes). The graph
+    records these settings (:func:`construction_params`).
     """
-    pos = patch_positions(patches)
+    params = construction_params(radius=radius, lambda_f=lambda_f, lambda_d=lambda_d, lambda_h=lambda_h,
+                                 edges=edges, connectivity=connectivity, k=k)
+    pos = modality(patches.modality).physical_positions(patches.coords, patches.patch_size, patches.level0_mpp)
     labels = cluster_patches(
         patches.features, pos, radius=radius, lambda_f=lambda_f, lambda_d=lambda_d, lambda_h=lambda_h
     )
     node_x = _cluster_means(patches.features, labels)
     node_pos = _cluster_means(pos, labels)
-
-    if edges == "delaunay":
-        edge_index = delaunay_edges(node_pos, connectivity)
-    elif edges == "radius":
-        edge_index = radius_edges(node_pos, connectivity)
-    elif edges == "knn":
-        edge_index = knn_edges(node_pos, k)
-    else:
-        raise ValueError(f"edges must be delaunay, radius or knn, got {edges!r}")
+    # k-NN edges take the neighbour count, Delaunay and radius edges the longest edge
+    edge_index = EDGE_BUILDERS[edges](node_pos, k if edges == "knn" else connectivity)
 
     return Data(
         x=torch.from_numpy(node_x.astype(np.float32)),
@@ -60,6 +72,7 @@ def build_graph(
         case_id=patches.case_id,
         modality=patches.modality,
         encoder=patches.encoder,
+        build_params=params,
         num_nodes=len(node_x),
     )
 

@@ -1,17 +1,21 @@
 """The graph file: one ``torch_geometric.data.Data`` per case and modality.
 
-``{graph_dir}/{modality}/{case_id}.pt`` holds a ``torch.save``d ``Data`` with
+``{graph_dir}/{modality}/{case_id}.pt`` (:func:`radiopath.layout.graph_path`) holds a
+``torch.save``d ``Data`` with
 
-============== ==============================================================
-``x``          float32 (nodes, features): mean patch feature of each node
-``edge_index`` int64 (2, E): symmetric, no self-loops
-``pos``        float32 (nodes, 2 | 3): node centroid, µm (slides) or mm (CT)
-``assignment`` int64 (patches,): node index of every input patch, in the
-               order of the patch-feature file, to paint node scores back
-``case_id``,   strings
+================ ============================================================
+``x``            float32 (nodes, features): mean patch feature of each node
+``edge_index``   int64 (2, E): symmetric, no self-loops
+``pos``          float32 (nodes, 2 | 3): node centroid, µm (slides) or mm (CT)
+``assignment``   int64 (patches,): node index of every input patch, in the
+                 order of the patch-feature file, to paint node scores back
+``case_id``,     strings
 ``modality``,
 ``encoder``
-============== ==============================================================
+``build_params`` dict of the settings the graph was built with
+                 (:func:`radiopath.graphs.build.construction_params`); absent
+                 from files written before they were recorded
+================ ============================================================
 """
 
 from __future__ import annotations
@@ -23,16 +27,12 @@ from torch_geometric.data import Data, HeteroData
 from torch_geometric.data.data import DataEdgeAttr, DataTensorAttr
 from torch_geometric.data.storage import GlobalStorage
 
-from radiopath.encoders.features import MODALITIES
 from radiopath.io import atomic_torch_save
+from radiopath.layout import graph_path
+from radiopath.modality import NAMES
 
 # The classes a graph file may contain: loading stays weights_only=True.
 _SAFE = [Data, DataEdgeAttr, DataTensorAttr, GlobalStorage]
-
-
-def graph_path(graph_dir: str | Path, modality: str, case_id: str) -> Path:
-    """Where one case's graph of one modality lives."""
-    return Path(graph_dir) / modality / f"{case_id}.pt"
 
 
 def save_graph(graph: Data, path: str | Path) -> None:
@@ -46,6 +46,11 @@ def load_graph(path: str | Path) -> Data:
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def build_params(graph: Data) -> dict | None:
+    """The construction settings a graph file records; None for a file from before they were recorded."""
+    return graph.build_params if "build_params" in graph else None
+
+
 def load_patient(graph_dir: str | Path, case_id: str) -> HeteroData:
     """A patient's graphs as ``HeteroData`` with one node type per modality found.
 
@@ -54,7 +59,7 @@ def load_patient(graph_dir: str | Path, case_id: str) -> HeteroData:
     """
     patient = HeteroData()
     patient.case_id = case_id
-    for modality in MODALITIES:
+    for modality in NAMES:
         path = graph_path(graph_dir, modality, case_id)
         if not path.is_file():
             continue

@@ -21,14 +21,19 @@ from torch import nn
 from torch_geometric.nn import global_add_pool
 from torch_geometric.utils import softmax
 
+from radiopath.errors import check_int, check_number
 from radiopath.models.base import Aggregator, concat_blocks, patient_block
 from radiopath.models.batch import PatientBatch
 from radiopath.models.layers import GatedAttention, feature_encoder
 from radiopath.models.output import AggregatorOutput
+from radiopath.models.registry import AGGREGATORS
 
 
+@AGGREGATORS.register("abmil")
 class ABMILAggregator(Aggregator):
     """Gated-attention MIL per modality, concatenated, with a linear Cox head.
+
+    Settings are keyword-only, without defaults: ``conf/model/abmil.yaml`` holds them.
 
     Args:
         in_dims: modality -> node-feature width (key order = block order).
@@ -37,9 +42,11 @@ class ABMILAggregator(Aggregator):
         dropout: dropout after the encoder (0.5 in the paper, section 3.1).
     """
 
-    def __init__(self, in_dims: dict[str, int], hidden: int = 128, attention_dim: int = 64,
-                 dropout: float = 0.5):
+    def __init__(self, in_dims: dict[str, int], *, hidden: int, attention_dim: int, dropout: float):
         super().__init__(in_dims)
+        check_int("hidden", hidden, minimum=1)
+        check_int("attention_dim", attention_dim, minimum=1)
+        check_number("dropout", dropout, "[0, 1)")
         self.encoders = nn.ModuleDict({m: feature_encoder(d, hidden, dropout) for m, d in self.in_dims.items()})
         self.attention = nn.ModuleDict({m: GatedAttention(hidden, attention_dim) for m in self.modalities})
         self.widths = {m: hidden for m in self.modalities}

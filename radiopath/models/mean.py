@@ -16,8 +16,10 @@ from torch_geometric.nn import global_mean_pool
 from radiopath.models.base import Aggregator, concat_blocks, patient_block
 from radiopath.models.batch import PatientBatch
 from radiopath.models.output import AggregatorOutput
+from radiopath.models.registry import AGGREGATORS
 
 
+@AGGREGATORS.register("mean")
 class MeanAggregator(Aggregator):
     """Per-modality mean of node features, concatenated."""
 

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.nn.pool.connect.filter_edges import filter_adj
 
+from radiopath.errors import check_choice, check_int, check_number
 from radiopath.models.layers import GatedAttention
 
 SCORES = ("abs", "linear", "gated")
@@ -45,12 +46,10 @@ class TopKNodePooling(nn.Module):
 
     def __init__(self, in_dim: int, *, ratio: float, min_nodes: int, score: str):
         super().__init__()
-        if not 0 < ratio <= 1:
-            raise ValueError(f"top-k ratio must be in (0, 1], got {ratio}")
-        if min_nodes < 1:
-            raise ValueError(f"min_nodes must be at least 1, got {min_nodes}")
-        if score not in SCORES:
-            raise ValueError(f"top-k score must be one of {SCORES}, got {score!r}")
+        # A fraction, never a node count (PyG's TopKPooling reads a ratio >= 1 as one).
+        check_number("ratio", ratio, "(0, 1]")
+        check_int("min_nodes", min_nodes, minimum=1)
+        check_choice("score", score, SCORES)
         self.ratio, self.min_nodes, self.score = ratio, min_nodes, score
         self.weight = nn.Parameter(torch.empty(in_dim))
         nn.init.uniform_(self.weight, -in_dim ** -0.5, in_dim ** -0.5)

@@ -81,11 +81,13 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.nn import global_add_pool
 
+from radiopath.errors import ConfigError, check_bool, check_choice, check_int, check_number
 from radiopath.models.base import Aggregator, concat_blocks, patient_block
 from radiopath.models.batch import PatientBatch
-from radiopath.models.layers import GatedAttention, feature_encoder, graph_conv
+from radiopath.models.layers import CONVS, GatedAttention, feature_encoder, graph_conv
 from radiopath.models.output import AggregatorOutput
 from radiopath.models.pooling import TopKNodePooling
+from radiopath.models.registry import AGGREGATORS
 from radiopath.models.variational import expected_normal_kl, gamma_kl, gamma_posterior
 
 WEIGHT_NORMS = ("patient", "modality")
@@ -127,8 +129,26 @@ class GraphDecoder(nn.Module):
         return self.out(self.conv(s.unsqueeze(-1), edge_index).relu())
 
 
+def per_modality_ratio(ratio: float | Mapping[str, float], modalities: list[str]) -> dict[str, float]:
+    """Each modality's top-k ratio, a fraction in (0, 1]; :class:`ConfigError` names a bad one (``ratio.pathology``)."""
+    if not isinstance(ratio, Mapping):
+        check_number("ratio", ratio, "(0, 1]")
+        return {m: ratio for m in modalities}
+    missing = [m for m in modalities if m not in ratio]
+    if missing:
+        raise ConfigError("ratio", f"no ratio for {', '.join(missing)}: give one per modality or a single number")
+    for m in modalities:
+        check_number(f"ratio.{m}", ratio[m], "(0, 1]")
+    return {m: ratio[m] for m in modalities}
+
+
+@AGGREGATORS.register("sparra")
 class SPARRAAggregator(Aggregator):
     """SPARRA for one or more modalities (see the module docstring for the equations).
+
+    Settings are keyword-only, without defaults: ``conf/model/sparra.yaml`` (the recipe) and
+    ``conf/model/sparra_paper.yaml`` (the paper) hold them. A bad one raises
+    :class:`~radiopath.errors.ConfigError` naming it.
 
     Args:
         in_dims: modality -> node-feature width (key order = block order).
@@ -136,9 +156,10 @@ class SPARRAAggregator(Aggregator):
         attention_dim: width of the gated-attention branches of the (μ_s, ln σ_s²) head.
         dropout: dropout after each encoder (0.5, section 3.1).
         conv: ``"gcn"`` (paper), ``"gin"`` or ``"gat"``.
-        ratio: top-k pooling ratio (0.2), or a dict modality -> ratio.
+        ratio: top-k pooling ratio, the fraction of each graph's nodes a pooling keeps, in (0, 1]
+            (1 keeps them all; 0.2 in the paper), or a dict modality -> ratio.
         min_nodes: each pooling keeps at least this many nodes of a graph (all of a smaller one).
-        score: top-k score, ``"abs"`` (keeps nodes of either sign) or ``"linear"`` (PyG's TopKPooling).
+        score: top-k score, ``"gated"`` or ``"abs"`` (keep nodes of either sign) or ``"linear"`` (PyG's TopKPooling).
         mu0, lambda0, alpha0, beta0: the Normal-Gamma prior (0, 1, 2, 1e-2 in the paper).
         tau_vi: weight of both variational terms (1: eq. 8 weights them by one).
         tau: precision of the Gaussian reconstruction likelihood (1e-3, eq. 6).
@@ -150,18 +171,25 @@ class SPARRAAggregator(Aggregator):
             whatever the graph size.
     """
 
-    def __init__(self, in_dims: dict[str, int], hidden: int = 128, attention_dim: int = 64,
-                 dropout: float = 0.5, conv: str = "gcn", ratio: float | Mapping[str, float] = 0.2,
-                 min_nodes: int = 1, score: str = "linear",
-                 mu0: float = 0.0, lambda0: float = 1.0, alpha0: float = 2.0, beta0: float = 1e-2,
-                 tau_vi: float = 1.0, tau: float = 1e-3, weight_norm: str = "patient",
-                 gamma_kl: bool = False, reduction: str = "sum", residual: bool = False):
+    def __init__(self, in_dims: dict[str, int], *, hidden: int, attention_dim: int, dropout: float, conv: str,
+                 ratio: float | Mapping[str, float], min_nodes: int, score: str,
+                 mu0: float, lambda0: float, alpha0: float, beta0: float, tau_vi: float, tau: float,
+                 weight_norm: str, gamma_kl: bool, reduction: str, residual: bool):
         super().__init__(in_dims)
-        if weight_norm not in WEIGHT_NORMS:
-            raise ValueError(f"weight_norm must be one of {WEIGHT_NORMS}, got {weight_norm!r}")
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-        ratios = {m: ratio[m] if isinstance(ratio, Mapping) else ratio for m in self.modalities}
+        check_int("hidden", hidden, minimum=1)
+        check_int("attention_dim", attention_dim, minimum=1)
+        check_number("dropout", dropout, "[0, 1)")
+        check_choice("conv", conv, CONVS)
+        check_number("mu0", mu0, "(-inf, inf)")
+        for key, value in (("lambda0", lambda0), ("alpha0", alpha0), ("beta0", beta0)):
+            check_number(key, value, "(0, inf)")  # parameters of the Normal-Gamma prior
+        check_number("tau_vi", tau_vi, "[0, inf)")
+        check_number("tau", tau, "[0, inf)")
+        check_choice("weight_norm", weight_norm, WEIGHT_NORMS)
+        check_choice("reduction", reduction, REDUCTIONS)
+        check_bool("gamma_kl", gamma_kl)
+        check_bool("residual", residual)
+        ratios = per_modality_ratio(ratio, self.modalities)
         self.branches = nn.ModuleDict(
             {m: PoolingBranch(d, hidden, dropout, conv, ratios[m], min_nodes, score, residual)
              for m, d in self.in_dims.items()})

@@ -1,5 +1,5 @@
 """The comparison report of training runs: Table 1, metric and KM figures, training curves, importance overlays."""
 
-from radiopath.report.build import build_report
+from radiopath.report.stage import build_report
 
 __all__ = ["build_report"]

@@ -24,10 +24,11 @@ from torch_geometric.data import Data
 
 from radiopath.data.manifest import Manifest
 from radiopath.data.readers import open_slide, read_ct
-from radiopath.encode import encoder_dirname
-from radiopath.encoders.features import PatchFeatures, features_path
-from radiopath.graphs import graph_path, load_graph
+from radiopath.encoders.features import PatchFeatures
+from radiopath.graphs import load_graph
 from radiopath.io import atomic_save_figure
+from radiopath.layout import features_path, graph_path
+from radiopath.modality import MODALITIES, PATHOLOGY, RADIOLOGY
 from radiopath.report.truth import TruthMask, ct_boxes
 
 
@@ -63,7 +64,7 @@ def load_importance(path: Path) -> dict[str, np.ndarray]:
 def load_case_patches(graph_dir: str, features_dir: str, modality: str, case_id: str) -> tuple[Data, PatchFeatures]:
     """The case's graph and the patch-feature file it was built from (checked to have one node per patch)."""
     graph = load_graph(graph_path(graph_dir, modality, case_id))
-    patches = PatchFeatures.load(features_path(features_dir, modality, encoder_dirname(graph.encoder), case_id))
+    patches = PatchFeatures.load(features_path(features_dir, modality, graph.encoder, case_id))
     if len(graph.assignment) != len(patches.coords):
         raise ValueError(f"graph assigns {len(graph.assignment)} patches but the feature file has "
                          f"{len(patches.coords)}")
@@ -109,7 +110,8 @@ def slide_overlay(manifest: Manifest, case_id: str, patches: PatchFeatures, scor
     With ``truth``: the pattern outlined on the importance, and a third panel of the tiles
     painted with their node's planted fraction.
     """
-    slide_path = manifest.image_path(case_id, "wsi") if "wsi" in manifest.frame.columns else None
+    column = PATHOLOGY.image_column
+    slide_path = manifest.image_path(case_id, column) if column in manifest.frame.columns else None
     if slide_path is None:
         raise FileNotFoundError(f"the manifest names no slide for {case_id}")
     slide = open_slide(slide_path, case_id)
@@ -144,7 +146,7 @@ def slide_overlay(manifest: Manifest, case_id: str, patches: PatchFeatures, scor
     return atomic_save_figure(fig, path, dpi)
 
 
-def tumour_slices(mask: np.ndarray, n: int) -> list[int]:
+def overlay_slices(mask: np.ndarray, n: int) -> list[int]:
     """Up to ``n`` distinct axial indices through the tumour: the middles of ``n`` equal parts of its z-extent."""
     zs = np.flatnonzero(mask.any(axis=(1, 2)))
     if len(zs) == 0:
@@ -159,9 +161,8 @@ def ct_overlay(manifest: Manifest, case_id: str, patches: PatchFeatures, scores:
     With ``truth``: the pattern outlined, and a second row of the same slices with the
     patches painted by their node's planted fraction.
     """
-    columns = manifest.frame.columns
-    ct_path = manifest.image_path(case_id, "ct") if "ct" in columns else None
-    mask_path = manifest.image_path(case_id, "mask") if "mask" in columns else None
+    ct_path, mask_path = (manifest.image_path(case_id, column) if column in manifest.frame.columns else None
+                          for column in RADIOLOGY.image_columns)
     if ct_path is None or mask_path is None:
         raise FileNotFoundError(f"the manifest names no CT and mask for {case_id}")
     image = read_ct(ct_path, case_id)
@@ -174,7 +175,7 @@ def ct_overlay(manifest: Manifest, case_id: str, patches: PatchFeatures, scores:
     margin = np.array(cfg.ct_margin_mm) / np.array(image.GetSpacing()[:2])
     x0, x1 = int(max(xs.min() - margin[0], 0)), int(min(xs.max() + margin[0] + 1, volume.shape[2]))
     y0, y1 = int(max(ys.min() - margin[1], 0)), int(min(ys.max() + margin[1] + 1, volume.shape[1]))
-    slices = tumour_slices(mask, cfg.ct_slices)
+    slices = overlay_slices(mask, cfg.ct_slices)
     aspect = image.GetSpacing()[1] / image.GetSpacing()[0]
     rows = [("node importance", scores, cfg.colormap, scores.min(), scores.max())]
     if truth is not None:
@@ -202,4 +203,6 @@ def ct_overlay(manifest: Manifest, case_id: str, patches: PatchFeatures, scores:
     return atomic_save_figure(fig, path, dpi)
 
 
-DRAW = {"pathology": slide_overlay, "radiology": ct_overlay}
+_DRAW_VIEW = {"slide": slide_overlay, "volume": ct_overlay}
+# modality name -> its overlay, chosen by the modality's view
+DRAW = {spec.name: _DRAW_VIEW[spec.view] for spec in MODALITIES.values()}

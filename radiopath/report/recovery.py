@@ -12,7 +12,6 @@ run and modality is the mean (± sample sd) over the scored patients of all fold
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,14 +19,14 @@ import torch
 
 from radiopath.data.manifest import Manifest
 from radiopath.errors import CaseError
-from radiopath.graphs import graph_path
+from radiopath.layout import fold_of, graph_path
+from radiopath.modality import modality as modality_spec
 from radiopath.report.overlays import PatchTruth, load_case_patches, load_importance
 from radiopath.report.runs import Run
 from radiopath.report.table import format_cell
 from radiopath.report.truth import (CohortTruth, NodeTruth, TruthMask, importance_auroc, load_mask, node_truth,
                                     patch_fractions)
 
-IMAGE_COLUMN = {"radiology": "ct", "pathology": "wsi"}
 SCORED, NO_PLANTED, ALL_PLANTED = "scored", "no planted node", "all nodes planted"
 NO_TRUTH, FAILED = "no truth", "failed"
 STATUSES = (SCORED, NO_PLANTED, ALL_PLANTED, NO_TRUTH, FAILED)
@@ -48,7 +47,7 @@ class NodeTruthSource:
 
     def mask(self, case_id: str, modality: str) -> TruthMask | None:
         """The case's checked truth mask (None without truth for that modality)."""
-        column = IMAGE_COLUMN[modality]
+        column = modality_spec(modality).image_column
         image = self.manifest.image_path(case_id, column) if (
             column in self.manifest.frame.columns and case_id in set(self.manifest.case_ids)) else None
         return load_mask(self.truth, case_id, modality, image)
@@ -83,17 +82,12 @@ def score_patient(importance: np.ndarray, truth: NodeTruth | None) -> dict:
     return {"n_nodes": len(importance), "n_planted": n_planted, "auroc": auroc, "status": status}
 
 
-def _fold(path: Path) -> int:
-    """The fold of an importance file ``RUN/fold{k}/importance/{case_id}.pt``."""
-    return int(path.parent.parent.name.removeprefix("fold"))
-
-
 def score_run(run: Run, source: NodeTruthSource) -> pd.DataFrame:
     """One row per test patient and modality of ``run`` (:data:`PATIENT_COLUMNS`)."""
     data = run.config.data
     rows = []
     for case_id, path in sorted(run.importance.items()):
-        base = {"aggregator": run.label, "run": str(run.path), "fold": _fold(path), "case_id": case_id}
+        base = {"aggregator": run.label, "run": str(run.path), "fold": fold_of(path), "case_id": case_id}
         try:
             importance = load_importance(path)
         except Exception as error:  # noqa: BLE001 - a damaged file is reported like a missing one

@@ -2,22 +2,20 @@
 
 Nothing here raises for a missing file: a run without survival outputs, an
 untrained aggregator without training curves or a run without importance files
-is loaded with the gap written to ``Run.notes``, which the report shows.
+is loaded with the gap written to ``Run.notes``, which the report shows. File names
+come from :class:`~radiopath.layout.RunFolder` and :class:`~radiopath.layout.SurvivalFolder`.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from radiopath.io import is_temporary
-
-_FOLD_DIR = re.compile(r"fold(\d+)$")
+from radiopath.layout import RunFolder, SurvivalFolder
 
 
 @dataclass
@@ -61,17 +59,18 @@ def run_label(config: DictConfig | None, path: Path, aggregators: dict) -> str:
 
 def load_run(path: str | Path, survival_subdir: str, aggregators: dict) -> Run:
     """Everything the report uses from ``path``; gaps go to ``notes``."""
-    path = Path(path)
+    run = RunFolder(path)
+    path = run.root
     notes = []
     if not path.is_dir():
         return Run(path, path.name, None, None, {}, None, {}, [f"run folder {path} does not exist"])
-    config = OmegaConf.load(path / "config.yaml") if (path / "config.yaml").is_file() else None
+    config = OmegaConf.load(run.config) if run.config.is_file() else None
     if config is None:
-        notes.append("no config.yaml: training settings, images and graphs unknown")
-    folds = pd.read_csv(path / "folds.csv", dtype={"case_id": str}) if (path / "folds.csv").is_file() else None
+        notes.append(f"no {run.config.name}: training settings, images and graphs unknown")
+    folds = pd.read_csv(run.folds, dtype={"case_id": str}) if run.folds.is_file() else None
     if folds is None:
-        notes.append("no folds.csv")
-    histories = _histories(path)
+        notes.append(f"no {run.folds.name}")
+    histories = _histories(run)
     if not histories:
         trainable = config is None or OmegaConf.select(config, "model.name") != "mean"
         notes.append(
@@ -79,56 +78,45 @@ def load_run(path: str | Path, survival_subdir: str, aggregators: dict) -> Run:
             if trainable
             else "no training curves: the Mean aggregator is not trained"
         )
-    importance = _importance_files(path)
+    importance = run.importance_files()
     if not importance:
         notes.append("no node-importance files (fold*/importance/*.pt): no overlays")
     survival = load_survival(path / survival_subdir, notes)
     return Run(path, run_label(config, path, aggregators), config, folds, histories, survival, importance, notes)
 
 
-def _fold_dirs(path: Path) -> list[tuple[int, Path]]:
-    found = [(int(m.group(1)), d) for d in path.iterdir() if d.is_dir() and (m := _FOLD_DIR.match(d.name))]
-    return sorted(found)
-
-
-def _histories(path: Path) -> dict[int, pd.DataFrame]:
+def _histories(run: RunFolder) -> dict[int, pd.DataFrame]:
     """Non-empty ``fold{k}/history.csv`` tables by fold."""
     histories = {}
-    for k, fold_dir in _fold_dirs(path):
-        file = fold_dir / "history.csv"
-        if file.is_file():
-            table = pd.read_csv(file)
+    for k, _ in run.fold_dirs():
+        if run.history(k).is_file():
+            table = pd.read_csv(run.history(k))
             if not table.empty:
                 histories[k] = table
     return histories
 
 
-def _importance_files(path: Path) -> dict[str, Path]:
-    """case_id -> its importance file (each case is a test patient of exactly one fold)."""
-    return {file.stem: file for _, fold_dir in _fold_dirs(path) for file in sorted(fold_dir.glob("importance/*.pt"))
-            if not is_temporary(file)}
-
-
 def load_survival(path: Path, notes: list[str]) -> SurvivalOutputs | None:
     """The survival stage's tables, or None (with a note) when its metrics or summary are missing."""
-    if not (path / "metrics.csv").is_file() or not (path / "summary.csv").is_file():
+    files = SurvivalFolder(path)
+    if not files.metrics.is_file() or not files.summary.is_file():
         notes.append(f"no survival outputs in {path} (run python -m radiopath.survival run_dir=...)")
         return None
 
-    def optional(name: str, reader):
-        if (path / name).is_file():
-            return reader(path / name)
-        notes.append(f"survival output {name} is missing")
+    def optional(file: Path, reader):
+        if file.is_file():
+            return reader(file)
+        notes.append(f"survival output {file.name} is missing")
         return None
 
-    metrics = pd.read_csv(path / "metrics.csv")
+    metrics = pd.read_csv(files.metrics)
     metrics["note"] = metrics["note"].fillna("")
     return SurvivalOutputs(
         path=path,
         metrics=metrics,
-        summary=pd.read_csv(path / "summary.csv"),
-        predictions=optional("predictions.csv", lambda p: pd.read_csv(p, dtype={"case_id": str})),
-        settings=optional("settings.json", lambda p: json.loads(p.read_text(encoding="utf-8"))),
+        summary=pd.read_csv(files.summary),
+        predictions=optional(files.predictions, lambda p: pd.read_csv(p, dtype={"case_id": str})),
+        settings=optional(files.settings, lambda p: json.loads(p.read_text(encoding="utf-8"))),
     )
 
 

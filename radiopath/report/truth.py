@@ -40,10 +40,13 @@ from sklearn.metrics import roc_auc_score
 from radiopath.data.readers import open_slide, read_ct
 from radiopath.encoders.features import PatchFeatures
 from radiopath.errors import CaseError
+from radiopath.modality import MODALITIES, PATHOLOGY, RADIOLOGY
+from radiopath.modality import modality as modality_spec
 from radiopath.preprocess.ct import check_geometry
 
 TRUTH_FILE = Path("truth") / "truth.csv"  # beside the cohort manifest
-TRUTH_COLUMNS = {"radiology": "ct_pattern", "pathology": "wsi_pattern"}
+# A modality's truth column is named after the manifest column of the image it lies on: ct_pattern, wsi_pattern.
+TRUTH_COLUMNS = {m.name: f"{m.image_column}_pattern" for m in MODALITIES.values()}
 DOWNSAMPLE_COLUMN = "wsi_pattern_downsample"  # optional: what the slide truth PNG's downsample should be
 SAMPLES_PER_CHUNK = 1 << 20  # mask look-ups held in memory at once
 
@@ -135,7 +138,7 @@ class TruthMask:
 
         Pixel-edge units: mask pixel ``i`` spans ``[i, i + 1)``.
         """
-        if self.modality == "pathology":
+        if modality_spec(self.modality).view == "slide":
             return patches.coords / self.downsample, patches.patch_size / self.downsample
         return ct_boxes(self.image, patches.coords, patches.patch_size)
 
@@ -165,7 +168,7 @@ def load_mask(truth: CohortTruth, case_id: str, modality: str, image_path: Path 
         return None
     if image_path is None:
         raise CaseError(case_id, f"{path} is truth for the {modality} image, but the manifest names none")
-    if modality == "pathology":
+    if modality_spec(modality).view == "slide":
         return _slide_mask(case_id, path, image_path, truth.stated_downsample(case_id))
     return _ct_mask(case_id, path, image_path)
 
@@ -186,7 +189,7 @@ def _slide_mask(case_id: str, path: Path, slide_path: Path, stated: float | None
         said = "" if stated is None else f", truth.csv states downsample {stated:g}"
         raise CaseError(case_id, f"slide truth {path} ({array.shape[1]}x{array.shape[0]} px) does not fit the "
                                  f"slide {slide_path} (level 0 {width}x{height} px){said}")
-    return TruthMask(case_id, "pathology", path, array, downsample=downsample)
+    return TruthMask(case_id, PATHOLOGY.name, path, array, downsample=downsample)
 
 
 def _ct_mask(case_id: str, path: Path, ct_path: Path) -> TruthMask:
@@ -196,7 +199,7 @@ def _ct_mask(case_id: str, path: Path, ct_path: Path) -> TruthMask:
         check_geometry(case_id, _ct_header(ct_path, case_id), image)
     except CaseError as error:
         raise CaseError(case_id, f"CT truth {path} is not on the grid of the CT {ct_path}: {error.reason}") from error
-    return TruthMask(case_id, "radiology", path, sitk.GetArrayFromImage(image) > 0, image=image)
+    return TruthMask(case_id, RADIOLOGY.name, path, sitk.GetArrayFromImage(image) > 0, image=image)
 
 
 def _ct_header(path: Path, case_id: str):

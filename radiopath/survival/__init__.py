@@ -1,7 +1,7 @@
 """Survival benchmark: feature selection, RSF / CoxPH / Coxnet / FSVM with inner-CV grids, metrics, KM risk groups."""
 
 from radiopath.survival.benchmark import BenchmarkResult, run_benchmark, summarise
-from radiopath.survival.data import SurvivalFold, folds_from_run, folds_from_table, make_folds
+from radiopath.survival.data import SurvivalFold, folds_from_run, folds_from_table, stratified_folds
 from radiopath.survival.selection import NearConstantFilter, UnivariateCoxSelector
 
 __all__ = [
@@ -11,7 +11,7 @@ __all__ = [
     "UnivariateCoxSelector",
     "folds_from_run",
     "folds_from_table",
-    "make_folds",
     "run_benchmark",
+    "stratified_folds",
     "summarise",
 ]

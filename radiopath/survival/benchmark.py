@@ -36,26 +36,42 @@ class BenchmarkResult:
 
 
 def summarise(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean and sample std over the folds that have a value; ``n_folds`` counts them (NaN never averaged in)."""
+    """Mean and sample std over the folds that have a value; ``n_folds`` counts them, ``n_na`` the others.
+
+    An N/A fold (NaN, its reason in the metric table's ``note``) is never
+    averaged in: no events, no survival function, a failed fit, or a score
+    refused as impossible.
+    """
     grouped = table.dropna(subset=["value"]).groupby(["model", "metric"], sort=False)["value"]
     stats = grouped.agg(mean="mean", std="std", n_folds="count")
     index = pd.MultiIndex.from_frame(table[["model", "metric"]].drop_duplicates())
     stats = stats.reindex(index)
     stats["n_folds"] = stats["n_folds"].fillna(0).astype(int)
+    stats["n_na"] = table["value"].isna().groupby([table["model"], table["metric"]]).sum().reindex(index).astype(int)
     return stats.reset_index()
 
 
 def format_summary(summary: pd.DataFrame) -> str:
-    """The closing table: one row per metric, one column per model, ``mean ± std (n folds)``."""
+    """The closing table: one row per metric, one column per model, ``mean ± std (n folds)``.
+
+    With N/A folds the count reads ``(n of N)``; their reasons are in ``metrics.csv``.
+    """
     cells = summary.assign(
         cell=[
-            "N/A" if n == 0 else f"{m:.3f} ± {s:.3f} ({n})" if n > 1 else f"{m:.3f} ({n})"
-            for m, s, n in zip(summary["mean"], summary["std"], summary["n_folds"])
+            _summary_cell(m, s, n_folds=n, n_na=k)
+            for m, s, n, k in zip(summary["mean"], summary["std"], summary["n_folds"], summary["n_na"])
         ]
     )
     table = cells.pivot(index="metric", columns="model", values="cell")
     order = [m for m in metrics.METRICS if m in table.index]
     return table.loc[order, list(dict.fromkeys(summary["model"]))].to_string()
+
+
+def _summary_cell(mean: float, std: float, *, n_folds: int, n_na: int) -> str:
+    if n_folds == 0:
+        return "N/A"
+    value = f"{mean:.3f} ± {std:.3f}" if n_folds > 1 else f"{mean:.3f}"
+    return f"{value} ({n_folds} of {n_folds + n_na})" if n_na else f"{value} ({n_folds})"
 
 
 def _score(fold: SurvivalFold, final, risk: np.ndarray, tau: float, times, grid_error: str | None) -> dict:
@@ -80,8 +96,7 @@ def _score(fold: SurvivalFold, final, risk: np.ndarray, tau: float, times, grid_
             result[name] = (np.nan, reason)
             continue
         try:
-            value = computations[name]()
-            result[name] = (value, "" if np.isfinite(value) else "undefined on this fold (scikit-survival gave NaN)")
+            result[name] = metrics.refuse_impossible(name, computations[name]())
         except Exception as error:  # noqa: BLE001 - one undefined metric must not hide the others
             result[name] = (np.nan, f"{type(error).__name__}: {error}")
     note = f"tau={tau:.6g}"

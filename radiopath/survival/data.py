@@ -2,11 +2,12 @@
 
 Two sources give the same :class:`SurvivalFold` objects:
 
-- a training run folder: ``folds.csv`` (case_id, fold) and ``fold{k}/vectors.csv``
-  (case_id, split, risk, v0 ... vD), with times from the cohort manifest; the
-  features of fold k come from fold k's model;
+- a training run folder (:class:`~radiopath.layout.RunFolder`): ``folds.csv``
+  (case_id, fold) and ``fold{k}/vectors.csv`` (case_id, split, risk, v0 ... vD),
+  with times from the cohort manifest; the features of fold k come from fold k's model;
 - a feature table (case_id, os_time, os_event, features...), split by a run's
-  ``folds.csv`` or by new event-stratified folds (:func:`make_folds`).
+  ``folds.csv`` or by new event-stratified folds (:func:`stratified_folds`, the
+  training stage's own way of making them).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedKFold
 from sksurv.util import Surv
+
+from radiopath.layout import RunFolder, is_vector_column
+from radiopath.training.folds import make_folds
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +69,14 @@ def read_folds(path: str | Path) -> pd.Series:
     return folds.set_index("case_id")["fold"].astype(int)
 
 
-def make_folds(survival: pd.DataFrame, n_splits: int, seed: int) -> pd.Series:
-    """Patient-level folds stratified on the event indicator, reproducible from ``seed``."""
-    splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    fold = np.empty(len(survival), dtype=int)
-    for k, (_, test) in enumerate(splitter.split(np.zeros(len(survival)), survival["os_event"])):
-        fold[test] = k
-    return pd.Series(fold, index=survival.index, name="fold")
+def stratified_folds(survival: pd.DataFrame, *, n_folds: int, seed: int) -> pd.Series:
+    """case_id -> fold for a table indexed by case_id: the folds training would make for these patients.
+
+    Stratified on ``os_event`` and reproducible from ``seed``
+    (:func:`radiopath.training.folds.make_folds`).
+    """
+    folds = make_folds(list(survival.index), survival["os_event"].to_numpy(), n_folds=n_folds, seed=seed)
+    return pd.Series(folds["fold"].to_numpy(), index=survival.index, name="fold")
 
 
 def _split(fold: int, features: pd.DataFrame, survival: pd.DataFrame, is_test: np.ndarray) -> SurvivalFold:
@@ -114,16 +118,16 @@ def folds_from_table(table: pd.DataFrame, folds: pd.Series) -> list[SurvivalFold
 
 def folds_from_run(run_dir: str | Path, survival: pd.DataFrame) -> list[SurvivalFold]:
     """Read every ``fold{k}/vectors.csv`` of a training run; checks its split against ``folds.csv``."""
-    run_dir = Path(run_dir)
-    folds = read_folds(run_dir / "folds.csv")
+    run = RunFolder(run_dir)
+    folds = read_folds(run.folds)
     result = []
     for k in sorted(folds.unique()):
-        path = run_dir / f"fold{k}" / "vectors.csv"
+        path = run.vectors(int(k))
         vectors = pd.read_csv(path, dtype={"case_id": str}).set_index("case_id")
         is_test = (vectors["split"] == "test").to_numpy()
         expected = set(folds.index[folds == k])
         if set(vectors.index[is_test]) != expected:
             raise ValueError(f"{path}: the test patients differ from fold {k} of folds.csv")
-        features = vectors[[c for c in vectors.columns if c.startswith("v") and c[1:].isdigit()]]
+        features = vectors[[c for c in vectors.columns if is_vector_column(c)]]
         result.append(_split(int(k), features, survival, is_test))
     return result

@@ -3,6 +3,10 @@
 τ for Uno's C-IPCW and the time grid of the cumulative/dynamic AUC and the
 integrated Brier score are fixed per outer fold from its data, and the same τ
 is used to score the inner cross-validation when tuning on C-IPCW.
+
+Every metric here lies in [0, 1]; :func:`refuse_impossible` turns a value
+outside it, which only a broken fit or estimate can give, into N/A with the
+reason, so that it is never averaged into a summary.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from sksurv.metrics import (
 )
 
 METRICS = ("c_index", "c_ipcw", "cd_auc", "ibs")
+RANGE = (0.0, 1.0)  # of every metric in METRICS
 
 
 def tau_for(y_train: np.ndarray, quantile: float) -> float:
@@ -76,9 +81,32 @@ def mean_cd_auc(y_train: np.ndarray, y_test: np.ndarray, risk: np.ndarray, times
 
 
 def ibs(y_train: np.ndarray, y_test: np.ndarray, survival_functions, times: np.ndarray) -> float:
-    """Integrated Brier score of predicted survival functions over ``times``."""
+    """Integrated Brier score of predicted survival functions over ``times``.
+
+    Raises ValueError when a predicted survival probability is not in [0, 1]:
+    the score of such curves would be meaningless, possibly far above 1.
+    """
     probabilities = np.vstack([fn(times) for fn in survival_functions])
+    outside = ~((probabilities >= 0) & (probabilities <= 1))  # NaN counts as outside
+    if outside.any():
+        patients = int(outside.any(axis=1).sum())
+        numbers = probabilities[~np.isnan(probabilities)]
+        span = f"from {numbers.min():.6g} to {numbers.max():.6g}" if numbers.size else "all NaN"
+        raise ValueError(
+            f"predicted survival outside [0, 1] for {patients} of {len(probabilities)} test patients ({span}): "
+            "no Brier score"
+        )
     return float(integrated_brier_score(y_train, within_follow_up(y_train, y_test), probabilities, times))
+
+
+def refuse_impossible(name: str, value: float) -> tuple[float, str]:
+    """``(value, "")`` for a score in :data:`RANGE`; ``(NaN, reason)`` for NaN or a value outside it."""
+    if np.isnan(value):
+        return np.nan, "undefined on this fold (scikit-survival gave NaN)"
+    low, high = RANGE
+    if not low <= value <= high:
+        return np.nan, f"refused: {name} = {value:.6g} is outside [{low:g}, {high:g}]"
+    return value, ""
 
 
 def tuning_scorer(name: str, y_reference: np.ndarray, tau: float):

@@ -3,7 +3,8 @@
 ``RUN/folds.csv`` (``case_id, fold``) is the contract: the first run of a comparison
 writes it, later runs read it, so Mean, ABMIL and SPARRA (and the survival stage)
 see exactly the same test patients. It is created once and never overwritten, also
-when several fold jobs of one run start at the same time.
+when several fold jobs of one run start at the same time. The survival stage splits a
+feature table without a run by the same :func:`make_folds`.
 """
 
 from __future__ import annotations

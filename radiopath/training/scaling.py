@@ -20,28 +20,37 @@ Per modality, in this order:
   finds it among 8 axes far more easily than among 32 raw features.
 
 Applied graph by graph while a batch is collated, writing into the batch's own
-node-feature storage, so the cohort's graphs are never copied or modified.
+node-feature storage, so the cohort's graphs are never copied or modified. A modality no
+training patient has (a fold whose only graphs of it are among its test patients) has
+nothing to be fitted on: its features pass unchanged, at their own width, with one warning.
 """
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import Tensor
 
+from radiopath.errors import check_choice, check_int
 from radiopath.training.cohort import Patient
+
+log = logging.getLogger(__name__)
 
 CENTERS = ("none", "graph")
 
 
 class NodeScaler:
-    """scikit-learn-style ``fit`` / ``transform`` for the node features of each modality."""
+    """scikit-learn-style ``fit`` / ``transform`` for the node features of each modality.
 
-    def __init__(self, *, center: str = "none", components: int | None = None, eps: float = 1e-6):
-        if center not in CENTERS:
-            raise ValueError(f"node_features.center={center!r}: choose one of {CENTERS}")
-        if components is not None and (isinstance(components, bool) or int(components) != components
-                                       or components < 1):
-            raise ValueError(f"node_features.components={components!r}: a positive integer or null")
+    ``center`` and ``components`` are ``node_features`` of ``conf/train.yaml``, where their
+    values live; a bad one raises :class:`~radiopath.errors.ConfigError` naming its key.
+    """
+
+    def __init__(self, *, center: str, components: int | None, eps: float = 1e-6):
+        check_choice("node_features.center", center, CENTERS)
+        if components is not None:
+            check_int("node_features.components", components, minimum=1)
         self.center = center
         self.components = components
         self.eps = eps
@@ -51,6 +60,7 @@ class NodeScaler:
         # Each graph's median, computed once (12x the cost of standardising it): id -> (x, median).
         # The graphs are fixed; the tensor is kept with its median, so its id cannot be reused.
         self._medians: dict[int, tuple[Tensor, Tensor]] = {}
+        self._unfitted_seen: set[str] = set()
 
     def fit(self, patients: list[Patient]) -> "NodeScaler":
         """Centre, mean, standard deviation (and principal axes) per modality over ``patients``.
@@ -101,8 +111,12 @@ class NodeScaler:
         return {**in_dims, **{m: w for m, w in self.widths().items() if m in in_dims}}
 
     def transform(self, modality: str, x: Tensor, out: Tensor | None = None) -> Tensor:
-        """Preprocessed node features of one ``modality`` graph, written into ``out`` if given."""
-        self._check(modality)
+        """Preprocessed node features of one ``modality`` graph, written into ``out`` if given.
+
+        A modality :meth:`fit` saw no graph of is passed unchanged (warned once).
+        """
+        if modality not in self.mean_:
+            return self._unfitted(modality, x, out)
         axes = self.axes_.get(modality)
         if axes is None:
             out = torch.sub(self._centred(x), self.mean_[modality], out=out)
@@ -110,9 +124,12 @@ class NodeScaler:
         z = (self._centred(x) - self.mean_[modality]).div_(self.scale_[modality])
         return torch.matmul(z, axes, out=out)
 
-    def _check(self, modality: str) -> None:
-        if modality not in self.mean_:
-            raise ValueError(f"scaler was not fitted on any {modality} graph")
+    def _unfitted(self, modality: str, x: Tensor, out: Tensor | None) -> Tensor:
+        if modality not in self._unfitted_seen:
+            self._unfitted_seen.add(modality)
+            log.warning("no training patient has a %s graph: its node features are used unscaled "
+                        "(the model never learnt from them)", modality)
+        return x.clone() if out is None else out.copy_(x)
 
     def state_dict(self) -> dict:
         return {"center": self.center, "components": self.components,

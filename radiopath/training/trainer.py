@@ -18,7 +18,8 @@ of the features); GCN layers propagate with a sparse product
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from time import perf_counter
 
 import numpy as np
@@ -27,24 +28,49 @@ import torch
 from sksurv.metrics import concordance_index_censored
 from tqdm.auto import tqdm
 
+from radiopath.errors import ConfigError, check_choice, check_int, check_number
 from radiopath.models import Aggregator, collate_patients, cox_partial_nll
 from radiopath.models.batch import CollateCache
+from radiopath.models.cox import TIES
 from radiopath.training.cohort import Patient
 from radiopath.training.scaling import NodeScaler
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class TrainSettings:
-    """Optimisation settings (``training`` in ``conf/train.yaml``)."""
+    """Optimisation settings; their values live in ``training`` of ``conf/train.yaml`` only.
 
-    epochs: int = 20
-    batch_size: int = 32
-    lr: float = 3e-4
-    weight_decay: float = 1e-5
-    ties: str = "breslow"
-    eval_batch_size: int = 64
-    warmup_epochs: int = 0  # the model's own loss terms weighted by min(1, epoch / warmup_epochs); 0: off
-    eval_every: int = 1     # train/test C-index of the curve every this many epochs (and the last); NaN between
+    A bad value raises :class:`~radiopath.errors.ConfigError` naming ``training.<key>``.
+    """
+
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    ties: str
+    eval_batch_size: int
+    warmup_epochs: int  # the model's own loss terms weighted by min(1, epoch / warmup_epochs); 0: off
+    eval_every: int     # train/test C-index of the curve every this many epochs (and the last); NaN between
+
+    def __post_init__(self):
+        for key in ("epochs", "batch_size", "eval_batch_size", "eval_every"):
+            check_int(f"training.{key}", getattr(self, key), minimum=1)
+        check_int("training.warmup_epochs", self.warmup_epochs, minimum=0)
+        check_number("training.lr", self.lr, "(0, inf)")
+        check_number("training.weight_decay", self.weight_decay, "[0, inf)")
+        check_choice("training.ties", self.ties, TIES)
+
+    @classmethod
+    def from_config(cls, training: Mapping) -> "TrainSettings":
+        """The settings of ``cfg.training``; a missing or unknown key is a ConfigError naming it."""
+        names = [f.name for f in fields(cls)]
+        for key in training:
+            if key not in names:
+                raise ConfigError(f"training.{key}", f"not a training setting; the settings: {', '.join(names)}")
+        for name in names:
+            if name not in training:
+                raise ConfigError(f"training.{name}", "missing (conf/train.yaml holds every training setting)")
+        return cls(**{name: training[name] for name in names})
 
 
 def term_weight(epoch: int, warmup_epochs: int) -> float:
@@ -70,7 +96,7 @@ def _prepare(chunk: list[Patient], scaler: NodeScaler, device: torch.device, cac
     return batch, time, event
 
 
-def harrell_c(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
+def concordance(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
     """Harrell's C-index, NaN when it is undefined (no events, no comparable pair, NaN risk)."""
     if not np.isfinite(risk).all() or event.sum() == 0:
         return math.nan
@@ -126,7 +152,7 @@ def fit(model: Aggregator, train: list[Patient], test: list[Patient], scaler: No
 
 def _curve_point(model, train, test, scaler, settings, device, cache, epoch: int) -> dict[str, float]:
     """Train and test C-index of the curve at ``epoch``: NaN between every ``eval_every``-th epoch and the last."""
-    if epoch % max(settings.eval_every, 1) and epoch != settings.epochs:
+    if epoch % settings.eval_every and epoch != settings.epochs:
         return {"train_c_index": math.nan, "test_c_index": math.nan}
     return {"train_c_index": _c_index(model, train, scaler, settings, device, cache),
             "test_c_index": _c_index(model, test, scaler, settings, device, cache)}
@@ -134,7 +160,7 @@ def _curve_point(model, train, test, scaler, settings, device, cache, epoch: int
 
 def c_index(patients: list[Patient], risk: np.ndarray) -> float:
     """Harrell's C of ``risk`` against the patients' outcomes (NaN where undefined)."""
-    return harrell_c(np.array([p.time for p in patients]), np.array([p.event for p in patients]), risk)
+    return concordance(np.array([p.time for p in patients]), np.array([p.event for p in patients]), risk)
 
 
 def _c_index(model, patients, scaler, settings, device, cache) -> float:

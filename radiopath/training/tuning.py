@@ -22,9 +22,12 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from radiopath.models import AGGREGATORS
+from radiopath.errors import ConfigError
+from radiopath.models import AGGREGATORS, check_model_config
 from radiopath.training.cohort import Patient
 from radiopath.training.folds import make_folds
+from radiopath.training.scaling import NodeScaler
+from radiopath.training.trainer import TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -45,30 +48,44 @@ class Tuning:
 
 
 def tuning_grid(cfg: DictConfig) -> dict[str, list]:
-    """``tune.grid`` as ``{dotted key: values}``, checked against ``cfg``; a bad entry is an error naming it.
+    """``tune.grid`` as ``{dotted key: values}``, checked against ``cfg``; a bad entry is a ConfigError naming it.
 
     The grid may be written flat (``training.lr: [...]``) or nested
-    (``training: {lr: [...]}``, what ``+tune.grid.training.lr=[...]`` makes).
+    (``training: {lr: [...]}``, what ``+tune.grid.training.lr=[...]`` makes). Every point is
+    checked as the run would use it, so a bad value fails here, before any fold trains.
     """
     tune = cfg.tune
-    if not AGGREGATORS[cfg.model.name].trainable:
-        raise ValueError(f"tune.enabled=true, but model {cfg.model.name} has nothing to train")
+    if not AGGREGATORS.get(cfg.model.name).trainable:
+        raise ConfigError("tune.enabled", f"true, but model {cfg.model.name} has nothing to train")
     if tune.score not in SCORES:
-        raise ValueError(f"tune.score={tune.score!r}: choose one of {', '.join(SCORES)}")
+        raise ConfigError("tune.score", f"one of {', '.join(SCORES)}, got {tune.score!r}")
     if int(tune.inner_folds) < 2:
-        raise ValueError(f"tune.inner_folds={tune.inner_folds}: needs at least 2 inner folds")
+        raise ConfigError("tune.inner_folds", f"needs at least 2 inner folds, got {tune.inner_folds}")
     if tune.grid is not None and not OmegaConf.is_dict(tune.grid):
-        raise ValueError(f"tune.grid: give a mapping of config keys to lists of values, not {tune.grid}")
+        raise ConfigError("tune.grid", f"give a mapping of config keys to lists of values, not {tune.grid}")
     grid = _flatten(OmegaConf.to_container(tune.grid, resolve=True)) if tune.grid else {}
     if not grid:
-        raise ValueError("tune.enabled=true but tune.grid is empty, e.g. tune.grid='{training.lr:[3e-4,1e-3]}'")
+        raise ConfigError("tune.grid", "empty while tune.enabled=true, e.g. tune.grid='{training.lr:[3e-4,1e-3]}'")
     for key, values in grid.items():
         if not key.startswith(TUNABLE) or OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
-            raise ValueError(f"tune.grid key {key!r} is not a setting under training, model.kwargs or node_features "
-                             f"(model {cfg.model.name})")
+            raise ConfigError("tune.grid", f"key {key!r} is not a setting under training, model.kwargs or "
+                                           f"node_features (model {cfg.model.name})")
         if not isinstance(values, list) or not values:
-            raise ValueError(f"tune.grid key {key!r}: give a non-empty list of values, not {values!r}")
+            raise ConfigError("tune.grid", f"key {key!r}: give a non-empty list of values, not {values!r}")
+    for values in grid_points(grid):
+        _check_point(cfg, values)
     return grid
+
+
+def _check_point(cfg: DictConfig, values: dict) -> None:
+    point = with_values(cfg, values)
+    try:
+        check_model_config(point.model.name, OmegaConf.to_container(point.model.kwargs, resolve=True),
+                           modalities=list(point.modalities))
+        TrainSettings.from_config(OmegaConf.to_container(point.training, resolve=True))
+        NodeScaler(**OmegaConf.to_container(point.node_features, resolve=True))
+    except ConfigError as error:
+        raise ConfigError(error.key, f"{error.problem} (tune.grid point {values})") from None
 
 
 def _flatten(node: dict, prefix: str = "") -> dict:

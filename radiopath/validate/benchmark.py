@@ -46,13 +46,14 @@ from threadpoolctl import threadpool_limits
 
 from radiopath import config  # noqa: F401  (registers the ${dirname:} resolver, in workers too)
 from radiopath.config import CONF_DIR
-from radiopath.encoders.features import MODALITIES
+from radiopath.errors import ConfigError
 from radiopath.io import atomic_write_text
+from radiopath.modality import NAMES as MODALITIES
 from radiopath.models import AGGREGATORS
 from radiopath.repro import active, run_record
 from radiopath.survival.benchmark import format_summary
-from radiopath.survival.stage import output_dir_for, run_stage
-from radiopath.train import run_training
+from radiopath.survival.stage import output_dir_for, run_survival
+from radiopath.training.stage import run_training
 from radiopath.validate import scores
 
 # Keys the benchmark sets itself: an override of one of them would break the layout or the folds.
@@ -126,27 +127,27 @@ def compose_stage(*, name: str, overrides: list[str]) -> DictConfig:
 
 
 def check_config(*, cfg: DictConfig, families: tuple[str, ...]) -> tuple[list[str], list[str]]:
-    """The chosen families and aggregators; a bad value is a ``ValueError`` naming its key."""
+    """The chosen families and aggregators; a bad value is a :class:`ConfigError` naming its key."""
     # A bare `null` (YAML, command line) is None: it names the null family.
     chosen = ["null" if f is None else str(f) for f in cfg.families]
     aggregators = [str(a) for a in cfg.aggregators]
-    for key, values, allowed in (("families", chosen, families), ("aggregators", aggregators, tuple(AGGREGATORS))):
+    for key, values, allowed in (("families", chosen, families), ("aggregators", aggregators, tuple(AGGREGATORS.names()))):
         unknown = [v for v in values if v not in allowed]
         if unknown or not values or len(set(values)) < len(values):
-            raise ValueError(f"{key}: {values} must be distinct values of {list(allowed)}"
-                             + (f"; unknown: {unknown}" if unknown else ""))
+            raise ConfigError(key, f"{values} must be distinct values of {list(allowed)}"
+                              + (f"; unknown: {unknown}" if unknown else ""))
     if not isinstance(cfg.jobs, int) or cfg.jobs < 1:
-        raise ValueError(f"jobs: must be a whole number >= 1, got {cfg.jobs!r}")
+        raise ConfigError("jobs", f"must be a whole number >= 1, got {cfg.jobs!r}")
     unknown = sorted(set(cfg.aggregator_overrides) - set(AGGREGATORS))
     if unknown:
-        raise ValueError(f"aggregator_overrides: unknown aggregator(s) {unknown}; choose from {list(AGGREGATORS)}")
+        raise ConfigError("aggregator_overrides", f"unknown aggregator(s) {unknown}; choose from {AGGREGATORS.names()}")
     lists = {"train_overrides": (cfg.train_overrides, TRAIN_KEYS),
              "survival_overrides": (cfg.survival_overrides, SURVIVAL_KEYS),
              **{f"aggregator_overrides.{a}": (o, TRAIN_KEYS) for a, o in cfg.aggregator_overrides.items()}}
     for key, (overrides, managed) in lists.items():
         taken = [o for o in overrides if str(o).lstrip("+~").split("=", 1)[0] in managed]
         if taken:
-            raise ValueError(f"{key}: {taken} set keys the benchmark sets itself ({', '.join(sorted(managed))})")
+            raise ConfigError(key, f"{taken} set keys the benchmark sets itself ({', '.join(sorted(managed))})")
     return chosen, aggregators
 
 
@@ -318,7 +319,7 @@ def _survival(cfg: DictConfig, result: JobResult, *, rerun: bool) -> bool:
                             new=json.loads(json.dumps(OmegaConf.to_container(cfg, resolve=False)))):
             return False
     with run_record("survival", cfg, out) as record:
-        outcome, summary, _ = run_stage(cfg)
+        outcome, summary, _ = run_survival(cfg)
         for error in outcome.errors:
             record.note(f"failed: {error}")
     print(format_summary(summary))

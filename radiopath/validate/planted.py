@@ -59,15 +59,15 @@ import pandas as pd
 import torch
 from torch_geometric.data import Data
 
-from radiopath.encoders.features import MODALITIES
 from radiopath.graphs.edges import delaunay_edges
-from radiopath.graphs.io import graph_path, save_graph
+from radiopath.graphs.io import save_graph
 from radiopath.io import atomic_torch_save, atomic_write_csv, atomic_write_text
+from radiopath.layout import graph_path
+from radiopath.modality import NAMES, modality
 
 FAMILIES = ("shift", "count", "extent", "one_modality", "two_directions", "null")
 # Node spacing: 256 µm tiles on a slide, ~4 mm patches in a CT volume.
 _SPACING = {"pathology": 256.0, "radiology": 4.0}
-_DIMS = {"pathology": 2, "radiology": 3}
 _BASELINE_DAYS = 1000.0  # mean survival time at average risk
 
 
@@ -98,7 +98,7 @@ class PlantedCohort:
     graph_dir: Path
     truth_dir: Path
     oracle: Path
-    modalities: list[str] = field(default_factory=lambda: list(MODALITIES))
+    modalities: list[str] = field(default_factory=lambda: list(NAMES))
 
 
 def write_planted_cohort(out_dir: str | Path, *, family: str, n_patients: int, seed: int,
@@ -119,19 +119,19 @@ def write_planted_cohort(out_dir: str | Path, *, family: str, n_patients: int, s
         raise ValueError(f"n_patients={n_patients}: a planted cohort needs at least 10 patients")
     root = Path(out_dir)
     rng = np.random.default_rng(seed)
-    directions = {m: _unit(rng.normal(size=_width(settings, m))) for m in MODALITIES}
+    directions = {m: _unit(rng.normal(size=_setting(settings, m, "dim"))) for m in NAMES}
     rows, oracle_rows, latents = [], [], []
     for i in range(n_patients):
         case_id = f"{family}-{i:04d}"
         regions = _patient_regions(family, settings, rng)
         stats = {}
-        for modality in MODALITIES:
-            graph, planted = _graph(modality, regions[modality], directions[modality], settings, rng)
+        for name in NAMES:
+            graph, planted = _graph(name, regions[name], directions[name], settings, rng)
             graph.case_id = case_id
-            save_graph(graph, graph_path(root / "graphs", modality, case_id))
-            atomic_torch_save(torch.from_numpy(planted), root / "truth" / modality / f"{case_id}.pt")
-            projection = graph.x.numpy() @ directions[modality]
-            stats[f"oracle_{modality}"] = float(projection[planted].sum() / len(planted))
+            save_graph(graph, graph_path(root / "graphs", name, case_id))
+            atomic_torch_save(torch.from_numpy(planted), truth_path(root / "truth", name, case_id))
+            projection = graph.x.numpy() @ directions[name]
+            stats[f"oracle_{name}"] = float(projection[planted].sum() / len(planted))
         latents.append(regions["latent"])
         rows.append({"case_id": case_id})
         oracle_rows.append(stats)
@@ -154,8 +154,14 @@ def write_planted_cohort(out_dir: str | Path, *, family: str, n_patients: int, s
     return PlantedCohort(root, root / "manifest.csv", root / "graphs", root / "truth", root / "oracle.csv")
 
 
-def _width(settings: CohortSettings, modality: str) -> int:
-    return settings.pathology_dim if modality == "pathology" else settings.radiology_dim
+def truth_path(truth_dir: str | Path, name: str, case_id: str) -> Path:
+    """The planted-node truth of one case's graph of modality ``name`` (bool per node)."""
+    return Path(truth_dir) / name / f"{case_id}.pt"
+
+
+def _setting(settings: CohortSettings, name: str, key: str):
+    """A per-modality setting: ``pathology_dim`` for ``("pathology", "dim")``."""
+    return getattr(settings, f"{name}_{key}")
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -179,19 +185,19 @@ def _patient_regions(family: str, s: CohortSettings, rng: np.random.Generator) -
         return {"pathology": [(s.region_fraction, a_path)], "radiology": [(s.region_fraction, a_rad)],
                 "latent": a_path + a_rad}
     if family == "count":
-        counts = {m: int(rng.integers(0, 5)) for m in MODALITIES}
+        counts = {m: int(rng.integers(0, 5)) for m in NAMES}
         regions = {m: [(s.small_region_fraction, s.shift)] * c for m, c in counts.items()}
         return {**regions, "latent": sum(counts.values())}
-    extents = {m: float(rng.uniform(0.01, 0.08)) for m in MODALITIES}  # extent
+    extents = {m: float(rng.uniform(0.01, 0.08)) for m in NAMES}  # extent
     return {**{m: [(f, s.shift)] for m, f in extents.items()}, "latent": sum(extents.values())}
 
 
-def _graph(modality: str, regions: list[tuple[float, float]], direction: np.ndarray,
+def _graph(name: str, regions: list[tuple[float, float]], direction: np.ndarray,
            s: CohortSettings, rng: np.random.Generator) -> tuple[Data, np.ndarray]:
     """One graph: positions, Delaunay edges, field + offset + noise + planted regions."""
-    low, high = s.pathology_nodes if modality == "pathology" else s.radiology_nodes
+    low, high = _setting(s, name, "nodes")
     n = int(round(math.exp(rng.uniform(math.log(low), math.log(high)))))
-    dims, spacing, width = _DIMS[modality], _SPACING[modality], _width(s, modality)
+    dims, spacing, width = modality(name).dims, _SPACING[name], _setting(s, name, "dim")
     radius = spacing * (n / _unit_ball_volume(dims)) ** (1 / dims)
     pos = _uniform_in_ball(n, dims, rng) * radius
 
@@ -214,7 +220,7 @@ def _graph(modality: str, regions: list[tuple[float, float]], direction: np.ndar
     graph = Data(x=torch.from_numpy(x.astype(np.float32)),
                  edge_index=torch.from_numpy(delaunay_edges(pos, max_length=3 * spacing)),
                  pos=torch.from_numpy(pos.astype(np.float32)),
-                 assignment=torch.arange(n), modality=modality, encoder="planted")
+                 assignment=torch.arange(n), modality=name, encoder="planted")
     return graph, planted
 
 

@@ -28,9 +28,11 @@ import pandas as pd
 import torch
 
 from radiopath.io import atomic_write_csv, atomic_write_text
+from radiopath.layout import RunFolder, SurvivalFolder
 from radiopath.report.table import format_cell
 from radiopath.report.truth import importance_auroc, node_labels
-from radiopath.training.trainer import harrell_c
+from radiopath.training.trainer import concordance
+from radiopath.validate.planted import truth_path
 
 # Aggregators whose node importance is exactly 0 on the nodes their pooling dropped.
 POOLING_AGGREGATORS = frozenset({"sparra"})
@@ -61,21 +63,22 @@ def own_risk_c_index(*, vectors: pd.DataFrame, survival: pd.DataFrame) -> float:
     """Harrell's C of ``risk`` over the test rows of ``vectors``; NaN for an aggregator without risk."""
     test = vectors[vectors["split"] == "test"]
     outcome = survival.loc[test["case_id"]]
-    return harrell_c(outcome["os_time"].to_numpy(float), outcome["os_event"].to_numpy(int),
+    return concordance(outcome["os_time"].to_numpy(float), outcome["os_event"].to_numpy(int),
                      test["risk"].to_numpy(float))
 
 
-def node_scores(*, fold_dir: Path, truth_dir: Path, case_ids: list[str], pooling: bool) -> dict[str, float]:
-    """``auroc_{m}`` and ``kept_{m}`` of one fold's test patients (NaN where undefined)."""
+def node_scores(*, run: RunFolder, fold: int, truth_dir: Path, case_ids: list[str],
+                pooling: bool) -> dict[str, float]:
+    """``auroc_{m}`` and ``kept_{m}`` of fold ``fold``'s test patients (NaN where undefined)."""
     aurocs = {m: [] for m in TABLE_MODALITIES}
     kept = {m: [] for m in TABLE_MODALITIES}
     for case_id in case_ids:
-        path = fold_dir / "importance" / f"{case_id}.pt"
+        path = run.importance(fold, case_id)
         if not path.is_file():  # Mean gives no importance
             continue
         importance = torch.load(path, weights_only=True)
         for modality, values in importance.items():
-            truth = torch.load(truth_dir / modality / f"{case_id}.pt", weights_only=True)
+            truth = torch.load(truth_path(truth_dir, modality, case_id), weights_only=True)
             try:
                 aurocs[modality].append(importance_auroc(importance=values, truth=truth))
                 if pooling:
@@ -96,31 +99,32 @@ def _mean_defined(values: list[float]) -> float:
 
 def survival_c_index(*, survival_dir: Path) -> dict[int, float]:
     """Fold -> test C-index of CoxPH from a survival stage's ``metrics.csv``."""
-    metrics = pd.read_csv(survival_dir / "metrics.csv")
+    path = SurvivalFolder(survival_dir).metrics
+    metrics = pd.read_csv(path)
     rows = metrics[(metrics["model"] == "CoxPH") & (metrics["metric"] == "c_index")]
     if rows.empty:
-        raise ValueError(f"{survival_dir / 'metrics.csv'} has no c_index of CoxPH")
+        raise ValueError(f"{path} has no c_index of CoxPH")
     return {int(fold): float(value) for fold, value in zip(rows["fold"], rows["value"])}
 
 
 def run_scores(*, family: str, aggregator: str, run_dir: Path, manifest: Path, truth_dir: Path) -> pd.DataFrame:
     """Every metric of one training run per fold: ``family, aggregator, fold, metric, value``."""
-    folds = pd.read_csv(run_dir / "folds.csv", dtype={"case_id": str})
+    run = RunFolder(run_dir)
+    folds = pd.read_csv(run.folds, dtype={"case_id": str})
     survival = pd.read_csv(manifest, dtype={"case_id": str}).set_index("case_id")
-    coxph = survival_c_index(survival_dir=run_dir / "survival")
+    coxph = survival_c_index(survival_dir=run.survival)
     rows = []
-    for k in sorted(folds["fold"].unique()):
-        fold_dir = run_dir / f"fold{k}"
-        vectors = pd.read_csv(fold_dir / "vectors.csv", dtype={"case_id": str})
+    for k in sorted(int(k) for k in folds["fold"].unique()):
+        vectors = pd.read_csv(run.vectors(k), dtype={"case_id": str})
         values = {
             "own_c_index": own_risk_c_index(vectors=vectors, survival=survival),
-            "coxph_c_index": coxph.get(int(k), math.nan),
-            **node_scores(fold_dir=fold_dir, truth_dir=truth_dir,
+            "coxph_c_index": coxph.get(k, math.nan),
+            **node_scores(run=run, fold=k, truth_dir=truth_dir,
                           case_ids=folds.loc[folds["fold"] == k, "case_id"].tolist(),
                           pooling=aggregator in POOLING_AGGREGATORS),
-            "train_seconds": float(torch.load(fold_dir / "model.pt", weights_only=True)["train_seconds"]),
+            "train_seconds": float(torch.load(run.model(k), weights_only=True)["train_seconds"]),
         }
-        rows += [(family, aggregator, int(k), metric, value) for metric, value in values.items()]
+        rows += [(family, aggregator, k, metric, value) for metric, value in values.items()]
     return pd.DataFrame(rows, columns=FOLD_COLUMNS)
 
 

@@ -1,1 +1,1 @@
-"""Built-in classification pipelines; each module registers its own with ``register_pipeline``."""
+"""Built-in classification pipelines; each module registers its own with ``PIPELINES.register``."""

@@ -33,7 +33,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.preprocessing import StandardScaler
 from xgboost import XGBClassifier
 
-from radiopath.classification.base import CasePipeline, register_pipeline
+from radiopath.classification.base import PIPELINES, CasePipeline
 from radiopath.classification.pipelines.rgcnn import RGCNNPipeline
 
 log = logging.getLogger(__name__)
@@ -127,27 +127,27 @@ def _xgboost(random_state: int, classifier: Mapping | None) -> Callable[[], Clas
     return lambda: XGBClassifier(random_state=random_state, **params)
 
 
-@register_pipeline("cr_rf")
+@PIPELINES.register("cr_rf")
 def cr_rf(classifier: Mapping | None = None, random_state: int = 0, **kwargs) -> CNNRadiomicsPipeline:
     """CR alone, random forest; ``classifier``: ``RandomForestClassifier`` arguments."""
     return CNNRadiomicsPipeline("cr_rf", False, _forest(random_state, classifier), random_state=random_state, **kwargs)
 
 
-@register_pipeline("cr_tr_rf")
+@PIPELINES.register("cr_tr_rf")
 def cr_tr_rf(classifier: Mapping | None = None, random_state: int = 0, **kwargs) -> CNNRadiomicsPipeline:
     """CR and TR (the RGCNN's scalar radiomics settings) side by side, random forest."""
     return CNNRadiomicsPipeline("cr_tr_rf", True, _forest(random_state, classifier), random_state=random_state,
                                 **kwargs)
 
 
-@register_pipeline("cr_xgb")
+@PIPELINES.register("cr_xgb")
 def cr_xgb(classifier: Mapping | None = None, random_state: int = 0, **kwargs) -> CNNRadiomicsPipeline:
     """CR alone, XGBoost; ``classifier``: ``xgboost.XGBClassifier`` arguments."""
     return CNNRadiomicsPipeline("cr_xgb", False, _xgboost(random_state, classifier), random_state=random_state,
                                 **kwargs)
 
 
-@register_pipeline("cr_tr_xgb")
+@PIPELINES.register("cr_tr_xgb")
 def cr_tr_xgb(classifier: Mapping | None = None, random_state: int = 0, **kwargs) -> CNNRadiomicsPipeline:
     """CR and TR side by side, XGBoost; ``classifier``: ``xgboost.XGBClassifier`` arguments."""
     return CNNRadiomicsPipeline("cr_tr_xgb", True, _xgboost(random_state, classifier), random_state=random_state,

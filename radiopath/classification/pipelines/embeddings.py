@@ -37,11 +37,11 @@ from sklearn.preprocessing import MinMaxScaler
 from torchvision.transforms import v2
 
 from radiopath.classification import ct_inputs
-from radiopath.classification.base import CasePipeline, register_pipeline
+from radiopath.classification.base import PIPELINES, CasePipeline
 from radiopath.classification.losses import NTXentLoss
 from radiopath.classification.nets import SimCLR
 from radiopath.classification.nets.resnet2d import RESNET18_BLOCKS
-from radiopath.classification.nets.training import predict_in_batches, seeded, shuffled_batches, train_epochs
+from radiopath.classification.nets.fitting import predict_in_batches, seeded, shuffled_batches, train_epochs
 from radiopath.classification.sharing import fit_once, training_key
 
 TARGETS = ("malignant", "aggressive")
@@ -273,13 +273,13 @@ class SimCLREmbeddingPipeline(CasePipeline):
         return 1.0 - proba[:, 0] if self.target == "malignant" else proba[:, 2]
 
 
-@register_pipeline("simclr_rf")
+@PIPELINES.register("simclr_rf")
 def simclr_rf(**kwargs) -> SimCLREmbeddingPipeline:
     """SimCLR embeddings + clinical + size into a random forest (see :class:`SimCLREmbeddingPipeline`)."""
     return SimCLREmbeddingPipeline(classifier="rf", **kwargs)
 
 
-@register_pipeline("simclr_mlp")
+@PIPELINES.register("simclr_mlp")
 def simclr_mlp(**kwargs) -> SimCLREmbeddingPipeline:
     """SimCLR embeddings + clinical + size into an MLP (see :class:`SimCLREmbeddingPipeline`)."""
     return SimCLREmbeddingPipeline(classifier="mlp", **kwargs)

@@ -26,10 +26,10 @@ import torch
 from torch import nn
 
 from radiopath.classification import ct_inputs
-from radiopath.classification.base import CasePipeline, register_pipeline
+from radiopath.classification.base import PIPELINES, CasePipeline
 from radiopath.classification.nets import MultiPhaseResNet
 from radiopath.classification.nets.resnet2d import RESNET18_BLOCKS
-from radiopath.classification.nets.training import (
+from radiopath.classification.nets.fitting import (
     predict_in_batches, random_flips, seeded, shuffled_batches, train_epochs,
 )
 from radiopath.errors import CaseError
@@ -145,7 +145,7 @@ class MultiPhasePipeline(CasePipeline):
         return torch.softmax(logits, dim=1)[:, 1].numpy().astype(np.float64)
 
 
-@register_pipeline("multiphase")
+@PIPELINES.register("multiphase")
 def multiphase(**kwargs) -> MultiPhasePipeline:
     """The multi-phase CNN with its config kwargs (see :class:`MultiPhasePipeline`)."""
     return MultiPhasePipeline(**kwargs)

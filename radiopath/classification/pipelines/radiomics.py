@@ -24,7 +24,7 @@ from sklearn.preprocessing import StandardScaler
 from xgboost import XGBClassifier
 
 from radiopath.classification import ct_inputs
-from radiopath.classification.base import CasePipeline, register_pipeline
+from radiopath.classification.base import PIPELINES, CasePipeline
 from radiopath.errors import CaseError
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class TraditionalRadiomicsPipeline(CasePipeline):
         return proba[:, list(self.model_.classes_).index(1)]
 
 
-@register_pipeline("tr_rf")
+@PIPELINES.register("tr_rf")
 def tr_rf(radiomics: Mapping, pca_components: int = 10, smote_k_neighbors: int = 5,
           classifier: Mapping | None = None, random_state: int = 0) -> TraditionalRadiomicsPipeline:
     """TR with a random forest; ``classifier``: ``RandomForestClassifier`` arguments."""
@@ -104,7 +104,7 @@ def tr_rf(radiomics: Mapping, pca_components: int = 10, smote_k_neighbors: int =
     )
 
 
-@register_pipeline("tr_xgb")
+@PIPELINES.register("tr_xgb")
 def tr_xgb(radiomics: Mapping, pca_components: int = 10, smote_k_neighbors: int = 5,
            classifier: Mapping | None = None, random_state: int = 0) -> TraditionalRadiomicsPipeline:
     """TR with gradient-boosted trees; ``classifier``: ``xgboost.XGBClassifier`` arguments."""

@@ -27,10 +27,10 @@ import torch
 from sklearn.preprocessing import StandardScaler
 
 from radiopath.classification import ct_inputs
-from radiopath.classification.base import CasePipeline, register_pipeline
+from radiopath.classification.base import PIPELINES, CasePipeline
 from radiopath.classification.losses import FocalLoss, SupConLoss
 from radiopath.classification.nets import RGCNN
-from radiopath.classification.nets.training import (
+from radiopath.classification.nets.fitting import (
     balanced_batches, predict_in_batches, random_flips, seeded, train_epochs,
 )
 from radiopath.classification.sharing import fit_once, training_key
@@ -194,7 +194,7 @@ class RGCNNPipeline(CasePipeline):
         return sums.numpy().astype(np.float64)
 
 
-@register_pipeline("rgcnn")
+@PIPELINES.register("rgcnn")
 def rgcnn(**kwargs) -> RGCNNPipeline:
     """The RGCNN pipeline with its config kwargs (see :class:`RGCNNPipeline`)."""
     return RGCNNPipeline(**kwargs)

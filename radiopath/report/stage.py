@@ -17,10 +17,12 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
-from radiopath import checklist
 from radiopath.data.manifest import Manifest, load_manifest
+from radiopath.entry import StageResult
 from radiopath.io import atomic_write_csv, atomic_write_text
-from radiopath.report import html, overlays, plots, recovery
+from radiopath.layout import RECORD_NAME, RunFolder
+from radiopath.report import checklist, html, overlays, plots, recovery
+from radiopath.repro import active
 from radiopath.report.runs import Run, distinct_labels, load_run
 from radiopath.report.table import comparison_table, to_csv_frame, to_markdown
 from radiopath.report.truth import TRUTH_FILE, CohortTruth, find_truth
@@ -297,10 +299,10 @@ def settings_section(runs: list[Run]) -> str:
 
 
 def checklist_section(runs: list[Run]) -> str:
-    """The DLRRC items the runs' records (manifest.json) answer, and what remains for the author."""
+    """The DLRRC items the runs' records (run_record.json) answer, and what remains for the author."""
     records = [record for run in runs for record in checklist.load_records(run.path)]
     if not records:
-        return "<p>No run records (manifest.json) in these runs: rerun their stages to record them.</p>"
+        return "<p>No run records (run_record.json) in these runs: rerun their stages to record them.</p>"
     parts = checklist.evaluate(records)
     body = "<p>" + html.escape(", ".join(f"{n} {s}" for s, n in checklist.counts(parts).items())) + (
         " (python -m radiopath.checklist RUN): <i>recorded</i> from the run records, <i>partly</i> recorded with "
@@ -347,3 +349,11 @@ def build_report(cfg) -> Path:
     path = output / "report.html"
     atomic_write_text(html.page(cfg.title, sections), path)
     return path
+
+
+def run(cfg) -> StageResult:
+    """Write the report of ``cfg.run_dirs``; the training runs' records are its inputs."""
+    for run_dir in cfg.run_dirs:
+        active().input(RunFolder(run_dir).root / RECORD_NAME, "training run record")
+    path = build_report(cfg)
+    return StageResult(path, "report")

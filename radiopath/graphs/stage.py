@@ -1,0 +1,83 @@
+"""The build_graphs stage: one graph per case and modality.
+
+Runs the encode stage's per-modality loop for cases whose patch features are
+missing, then clusters each case's patches in space and feature space and connects
+the clusters (:mod:`radiopath.graphs.build`), writing
+``{output_dir}/{modality}/{case_id}.pt`` (:mod:`radiopath.layout`). Finished graphs
+are skipped on a rerun (``overwrite=true`` rebuilds them); a failed case is reported
+in ``failures.csv`` and the exit status, the others go on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from radiopath.encoders.features import PatchFeatures
+from radiopath.encoders.stage import check_config as check_encode_config
+from radiopath.encoders.stage import encode_modality, load_modality_manifest
+from radiopath.entry import StageResult
+from radiopath.errors import CaseError
+from radiopath.graphs.build import build_graph
+from radiopath.graphs.io import load_graph, save_graph
+from radiopath.layout import FAILURES_NAME, features_path, graph_path, part_filename
+from radiopath.repro import active
+from radiopath.runner import RunSummary, run_cases
+
+
+def build_modality_graphs(cfg: DictConfig, case_ids: list[str], modality: str) -> RunSummary:
+    """Build the graphs of one modality from its patch-feature files."""
+    params = OmegaConf.to_container(cfg.graph[modality])
+    if cfg.graph_threads:
+        torch.set_num_threads(int(cfg.graph_threads))
+
+    def process(case_id: str) -> None:
+        source = features_path(cfg.data.features_dir, modality, cfg.encoder[modality].name, case_id)
+        if not source.is_file():
+            raise CaseError(case_id, f"no {modality} patch features ({source}): encoding failed or was skipped")
+        save_graph(build_graph(PatchFeatures.load(source), **params), graph_path(cfg.output_dir, modality, case_id))
+
+    summary = run_cases(
+        f"graphs {modality}",
+        case_ids,
+        process,
+        is_done=lambda case_id: graph_path(cfg.output_dir, modality, case_id).is_file(),
+        overwrite=cfg.overwrite,
+    )
+    failures = part_filename(FAILURES_NAME, shard=cfg.shard, num_shards=cfg.num_shards)
+    summary.write_failures(Path(cfg.output_dir) / modality / failures)
+    active().cases(summary)
+    return summary
+
+
+def graph_statistics(graph_dir: str | Path, modality: str, case_ids: list[str]) -> str:
+    """One line of node/edge statistics over the graphs that exist."""
+    if not case_ids:
+        return f"{modality}: no graphs"
+    graphs = [load_graph(graph_path(graph_dir, modality, case_id)) for case_id in case_ids]
+    nodes = np.array([g.num_nodes for g in graphs])
+    edges = np.array([g.edge_index.shape[1] // 2 for g in graphs])
+    return (
+        f"{modality}: {len(graphs)} graphs, nodes mean {nodes.mean():.0f} (min {nodes.min()}, max {nodes.max()}), "
+        f"undirected edges mean {edges.mean():.0f} (min {edges.min()}, max {edges.max()})"
+    )
+
+
+def run(cfg: DictConfig) -> StageResult:
+    """Encode missing features, then build every configured modality's graphs."""
+    check_encode_config(cfg)
+    summaries, statistics = [], []
+    for modality in cfg.modalities:
+        manifest = load_modality_manifest(cfg, modality)
+        encoded = encode_modality(cfg, manifest, modality)
+        failed = {case_id for case_id, _ in encoded.failed}
+        built = build_modality_graphs(cfg, [c for c in manifest.case_ids if c not in failed], modality)
+        summaries += [encoded, built]
+        done = [c for c in manifest.case_ids if graph_path(cfg.output_dir, modality, c).is_file()]
+        statistics.append(graph_statistics(cfg.output_dir, modality, done))
+    result = StageResult.of_summaries(summaries, Path(cfg.output_dir), "graphs")
+    result.lines = statistics + result.lines
+    return result
