@@ -14,6 +14,7 @@ from sklearn.metrics import roc_auc_score
 
 from torchvision.models import resnet18
 
+from conftest import TINY_DEMO
 from radiopath.classification import ct_inputs
 from radiopath.classification.base import PIPELINES
 from radiopath.classification.losses import FocalLoss, NTXentLoss, SupConLoss
@@ -25,11 +26,7 @@ from radiopath.classification.splits import make_splits
 from radiopath.data.demo_cohort import make_demo_cohort
 from radiopath.data.manifest import load_manifest
 
-TINY = {
-    "ct": {"shape": [64, 64, 20], "spacing": [1.6, 1.6, 5.0]},
-    "wsi": {"size_px": [512, 512]},
-    "wsi_pattern": {"radius_um": [30.0, 60.0]},
-}
+TINY = {**TINY_DEMO, "wsi": {"size_px": [512, 512]}}  # smaller slides: these pipelines read the CT only
 RADIOMICS = {"features": {"firstorder": None, "shape": None}, "image_types": ["Original"]}
 VOLUME = {"crop_size": 16, "spacing_mm": 2.0, "map_stride": 1, "widths": [4, 4, 8, 8], "projection_dim": 8,
           "projector_hidden": 16, "batch_size": 4, "radiomics": RADIOMICS}

@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 import torch
-from hydra import compose, initialize_config_dir
 from scipy import stats
 from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -22,9 +21,7 @@ from radiopath.classification.splits import TEST, make_splits
 from radiopath.classification.stage import pipeline_specs, run_classification
 from radiopath.classification.tasks import load_task
 from radiopath.errors import ManifestError
-from radiopath.config import CONF_DIR
 
-CONF = CONF_DIR
 CALLS: list[tuple[str, list[str]]] = []  # (fit | predict, case ids) of every SpyPipeline
 
 
@@ -269,18 +266,17 @@ def test_task_rejects_a_label_that_is_not_binary(tmp_path):
         load_task(manifest, "malignancy", "malignant", {})
 
 
-def test_stage_writes_tables_figures_and_report(tmp_path):
+def test_stage_writes_tables_figures_and_report(compose_config, tmp_path):
     cases, y = _clinical_cases(n=80, seed=4, effect=8.0)
     cases["malignant"] = y
     cases.loc[3, "malignant"] = None
     manifest = _write_manifest(tmp_path / "manifest.csv", cases.to_dict("records"))
     out = tmp_path / "out"
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("classify", overrides=[
-            f"data.manifest={manifest}", f"output_dir={out}", "progress=false", "evaluation.n_boot=200",
-            "+pipelines.size.pipeline=test_spy", "+pipelines.flat.pipeline=test_spy",
-            "+pipelines.flat.kwargs.slope=0.2",
-        ])
+    cfg = compose_config("classify", [
+        f"data.manifest={manifest}", f"output_dir={out}", "progress=false", "evaluation.n_boot=200",
+        "+pipelines.size.pipeline=test_spy", "+pipelines.flat.pipeline=test_spy",
+        "+pipelines.flat.kwargs.slope=0.2",
+    ])
     task, evaluation, _ = run_classification(cfg)
     assert list(task.excluded["case_id"]) == ["p03"]
     predictions = pd.read_csv(out / "predictions.csv")
@@ -299,9 +295,8 @@ def test_stage_writes_tables_figures_and_report(tmp_path):
 
 
 @pytest.mark.parametrize("task", ["malignancy", "grade", "aggressiveness"])
-def test_experiments_compose_task_and_pipelines(task):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("classify", overrides=[f"experiment_classify={task}_tr"])
+def test_experiments_compose_task_and_pipelines(compose_config, task):
+    cfg = compose_config("classify", [f"experiment_classify={task}_tr"])
     assert cfg.task.name == task and cfg.output_dir == f"runs/demo/classify/{task}_tr"
     specs = pipeline_specs(cfg)
     assert [(s.label, s.name) for s in specs] == [("tr_rf", "tr_rf"), ("tr_xgb", "tr_xgb")]
@@ -309,11 +304,10 @@ def test_experiments_compose_task_and_pipelines(task):
     assert specs[0].kwargs["classifier"] == {"n_estimators": 100, "max_depth": 10, "n_jobs": 1}
 
 
-def test_demo_experiments_are_the_paper_pipelines_at_demo_size():
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        paper = compose("classify", overrides=["experiment_classify=malignancy_deep"])
-        demo = compose("classify", overrides=["experiment_classify=malignancy_deep_demo"])
-        tr_demo = compose("classify", overrides=["experiment_classify=grade_tr", "classify/radiomics=demo"])
+def test_demo_experiments_are_the_paper_pipelines_at_demo_size(compose_config):
+    paper = compose_config("classify", ["experiment_classify=malignancy_deep"])
+    demo = compose_config("classify", ["experiment_classify=malignancy_deep_demo"])
+    tr_demo = compose_config("classify", ["experiment_classify=grade_tr", "classify/radiomics=demo"])
     paper_specs, demo_specs = pipeline_specs(paper), pipeline_specs(demo)
     assert [s.name for s in demo_specs] == [s.name for s in paper_specs] and len(demo_specs) == 6
     demo_kwargs = {s.label: s.kwargs for s in demo_specs}
@@ -331,13 +325,11 @@ def test_demo_experiments_are_the_paper_pipelines_at_demo_size():
     assert rgcnn["radiomics"]["image_types"] == ["Original", "LoG"]
 
 
-def test_stage_with_every_pipeline_failing_still_reports(tmp_path):
+def test_stage_with_every_pipeline_failing_still_reports(compose_config, tmp_path):
     cases, y = _clinical_cases()
     manifest = _write_manifest(tmp_path / "manifest.csv", cases.assign(malignant=y).to_dict("records"))
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("classify", overrides=[f"data.manifest={manifest}", f"output_dir={tmp_path / 'out'}",
-                                             "progress=false", "+pipelines.bad.pipeline=test_spy",
-                                             "+pipelines.bad.kwargs.nope=1"])
+    cfg = compose_config("classify", [f"data.manifest={manifest}", f"output_dir={tmp_path / 'out'}", "progress=false",
+                                      "+pipelines.bad.pipeline=test_spy", "+pipelines.bad.kwargs.nope=1"])
     _, evaluation, out = run_classification(cfg)
     assert [name for name, _ in evaluation.failures] == ["bad"]
     assert pd.read_csv(out / "failures.csv")["pipeline"].tolist() == ["bad"]

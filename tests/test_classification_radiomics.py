@@ -2,8 +2,6 @@
 
 import functools
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +35,6 @@ RADIOMICS = {
     "image_types": ["Original"], "bin_count": 16,
 }
 SMALL = {"pca_components": 4, "smote_k_neighbors": 3}
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +146,8 @@ def test_an_unusable_case_is_named(task, radiomics, tmp_path):
         pipeline.fit(cases, np.array([0, 1, 0, 1]))
 
 
-def test_classify_command_on_the_demo_cohort(task, radiomics, tmp_path):
+@pytest.mark.slow
+def test_classify_command_on_the_demo_cohort(task, radiomics, run_command, tmp_path):
     # Same radiomics settings as the fixture, so the cached features are reused.
     manifest = task.cases["ct"].map(lambda p: Path(p).parents[1]).iloc[0] / "manifest.csv"
     overrides = [
@@ -160,9 +158,7 @@ def test_classify_command_on_the_demo_cohort(task, radiomics, tmp_path):
         "evaluation.n_boot=100", "progress=false",
         *[f"pipelines.{name}.kwargs.{key}={value}" for name in ("tr_rf", "tr_xgb") for key, value in SMALL.items()],
     ]
-    result = subprocess.run([sys.executable, "-m", "radiopath.classify", *overrides], cwd=REPO,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_command("classify", *overrides)
     assert "task malignancy (y = malignant): 30 cases" in result.stdout
     metrics = pd.read_csv(tmp_path / "metrics.csv")
     assert set(metrics["pipeline"]) == {"tr_rf", "tr_xgb"}

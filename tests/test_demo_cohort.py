@@ -1,5 +1,3 @@
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +19,6 @@ from radiopath.encoders import ENCODERS
 from radiopath.encoders.extract import encode_wsi_case
 from radiopath.graphs.build import build_graph
 
-REPO = Path(__file__).resolve().parents[1]
 # Small images with the default physical field of view; a non-square slide catches
 # width/height mix-ups. Pattern blobs shrink so they fit the small slide.
 SMALL = {
@@ -258,13 +255,10 @@ def test_smooth_noise_is_standardised_and_correlated():
     assert np.corrcoef(field[:, :-1].ravel(), field[:, 1:].ravel())[0, 1] > 0.9
 
 
-def test_hydra_entry_point_writes_a_cohort(tmp_path):
+@pytest.mark.slow
+def test_hydra_entry_point_writes_a_cohort(run_command, tmp_path):
     out = tmp_path / "cli"
-    result = subprocess.run(
-        [sys.executable, "-m", "radiopath.demo", f"output_dir={out}", "n_patients=2", "seed=3", *SMALL_OVERRIDES],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
+    result = run_command("demo", f"output_dir={out}", "n_patients=2", "seed=3", *SMALL_OVERRIDES, timeout=300)
     assert "Demo cohort: 2 patients" in result.stdout
     manifest = load_manifest(out / "manifest.csv")
     assert manifest.problems == [] and manifest.case_ids == ["demo-000", "demo-001"]

@@ -2,8 +2,8 @@
 
 The end-to-end rows share one tiny demo cohort with bad rows added, built by
 ``python -m radiopath.build_graphs`` twice: once SIGKILLed as soon as its first
-feature file appears, then to the end. The other rows call the same code paths
-in-process.
+feature file appears, then to the end. They, and the killed training run, are
+marked ``slow``. The other rows call the same code paths in-process.
 """
 
 import errno
@@ -13,8 +13,6 @@ import pathlib
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,10 +21,9 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 import torch
-from hydra import compose, initialize_config_dir
 
 import radiopath.io
-from conftest import CONF_DIR
+from conftest import SMALL_ENCODERS, TINY_DEMO
 from radiopath.graphs.stage import build_modality_graphs
 from radiopath.data.demo_cohort import make_demo_cohort
 from radiopath.data.manifest import load_manifest
@@ -44,27 +41,15 @@ from radiopath.survival.data import read_survival
 from radiopath.survival.stage import run_survival
 from radiopath.training.stage import run_training
 from radiopath.training.cohort import load_graph_cohort
-from test_pipeline import SMALL_ENCODERS, TINY
 from test_survival_stage import FAST, fabricate_run
 from test_training import toy_cohort
 
-REPO = Path(__file__).resolve().parents[1]
 GOOD = 3
-
-
-def config(name, overrides):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name=name, overrides=list(overrides))
 
 
 def finished_files(root: Path, pattern: str = "*.pt") -> dict[Path, int]:
     """Files a reader would take as outputs (``.tmp-*`` leftovers excluded), with their mtimes."""
     return {p: p.stat().st_mtime_ns for p in root.rglob(pattern) if not is_temporary(p)}
-
-
-def start(module, *overrides):
-    return subprocess.Popen([sys.executable, "-m", module, *overrides], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
 def kill_when(process, appeared, timeout=300):
@@ -81,7 +66,7 @@ def kill_when(process, appeared, timeout=300):
 
 def faulty_cohort(root: Path) -> Path:
     """The tiny demo cohort plus one row per input fault."""
-    manifest = make_demo_cohort(root, GOOD, 5, **TINY)
+    manifest = make_demo_cohort(root, GOOD, 5, **TINY_DEMO)
     rows = pd.read_csv(manifest)
     good = rows.iloc[0]
     ct = sitk.ReadImage(str(root / good["ct"]))
@@ -116,7 +101,7 @@ def faulty_cohort(root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
+def pipeline(run_command, start_command, tmp_path_factory):
     """build_graphs SIGKILLed after its first feature file, leftovers planted, then rerun to the end."""
     root = tmp_path_factory.mktemp("faults")
     manifest = faulty_cohort(root / "cohort")
@@ -124,7 +109,7 @@ def pipeline(tmp_path_factory):
     features = root / "cohort" / "features"
     args = [f"data.manifest={manifest}", f"output_dir={graphs}", *SMALL_ENCODERS]
 
-    kill_when(start("radiopath.build_graphs", *args), lambda: features.exists() and bool(finished_files(features)))
+    kill_when(start_command("build_graphs", *args), lambda: features.exists() and bool(finished_files(features)))
     at_kill = finished_files(root)
     for path in at_kill:  # whatever was there when it died is whole: writes are atomic
         PatchFeatures.load(path) if features in path.parents else load_graph(path)
@@ -132,8 +117,7 @@ def pipeline(tmp_path_factory):
     leftover = first.parent / f".tmp-killed-{first.name}"  # as a kill during torch.save leaves it
     leftover.write_bytes(first.read_bytes()[:100])
 
-    rerun = subprocess.run([sys.executable, "-m", "radiopath.build_graphs", *args], cwd=REPO,
-                           capture_output=True, text=True, timeout=600)
+    rerun = run_command("build_graphs", *args, check=False)
     failures = {}  # case -> its reasons in every stage, as printed
     for line in rerun.stdout.splitlines():
         if line.strip().startswith("FAILED"):
@@ -148,6 +132,7 @@ def good_ids(manifest) -> list[str]:
 
 
 # -- killed mid-run --------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_sigkill_during_build_graphs_rerun_finishes_without_redoing(pipeline):
     rerun = pipeline["rerun"]
     assert rerun.returncode == 1, rerun.stdout[-3000:] + rerun.stderr[-3000:]  # 1: the bad rows
@@ -161,6 +146,7 @@ def test_sigkill_during_build_graphs_rerun_finishes_without_redoing(pipeline):
     assert record["status"] == "finished with failed cases"
 
 
+@pytest.mark.slow
 def test_temporary_leftovers_are_never_read_as_outputs(pipeline, tmp_path):
     leftover = pipeline["leftover"]
     assert leftover.exists()  # untouched: no reader or writer looked at it
@@ -172,18 +158,18 @@ def test_temporary_leftovers_are_never_read_as_outputs(pipeline, tmp_path):
     assert set(load_run(run, "survival", {}).importance) == {"a"}
 
 
-def test_sigkill_during_training_rerun_finishes_without_redoing(tmp_path):
+@pytest.mark.slow
+def test_sigkill_during_training_rerun_finishes_without_redoing(run_command, start_command, tmp_path):
     manifest = toy_cohort(tmp_path, n=18)
     run = tmp_path / "run"
     args = [f"data.manifest={manifest}", f"data.graph_dir={tmp_path / 'graphs'}", f"output_dir={run}",
             "folds.n_folds=3", "training.epochs=40", "model.kwargs.hidden=8", "threads=1"]
-    kill_when(start("radiopath.train", *args), lambda: (run / "fold0" / "vectors.csv").is_file())
+    kill_when(start_command("train", *args), lambda: (run / "fold0" / "vectors.csv").is_file())
     assert not (run / "fold2" / "vectors.csv").exists()
     fold0 = finished_files(run / "fold0", "*")
     (run / "fold2").mkdir(exist_ok=True)
     (run / "fold2" / ".tmp-killed-vectors.csv").write_text("case_id,split\nhalf")
-    rerun = subprocess.run([sys.executable, "-m", "radiopath.train", *args], cwd=REPO, capture_output=True,
-                           text=True, timeout=600)
+    rerun = run_command("train", *args, check=False)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert "1 skipped" in rerun.stdout
     assert finished_files(run / "fold0", "*") == fold0
@@ -194,6 +180,7 @@ def test_sigkill_during_training_rerun_finishes_without_redoing(tmp_path):
 
 
 # -- bad input: each names the case and the problem, the others complete ------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("case_id, problem", [
     ("corrupt-slide", "cannot open slide"),
     ("truncated-ct", "cannot read CT"),
@@ -214,6 +201,7 @@ def test_bad_case_is_reported_by_name_and_the_others_complete(pipeline, case_id,
         assert good not in pipeline["failures"]
 
 
+@pytest.mark.slow
 def test_patient_with_one_modality_keeps_it_for_training(pipeline):
     assert "gives no whole-slide image" in pipeline["failures"]["one-modality"]
     assert graph_path(pipeline["graphs"], "radiology", "one-modality").is_file()
@@ -225,7 +213,8 @@ def test_patient_with_one_modality_keeps_it_for_training(pipeline):
     assert cohort.modality_counts() == {"radiology": GOOD + 2, "pathology": GOOD + 1}
 
 
-def test_nan_or_inf_features_fail_that_case_only(pipeline, tmp_path):
+@pytest.mark.slow
+def test_nan_or_inf_features_fail_that_case_only(pipeline, compose_config, tmp_path):
     good = good_ids(pipeline["manifest"])[0]
     source = pipeline["features"] / "radiology" / "radiomics_maps"
     features = tmp_path / "features" / "radiology" / "radiomics_maps"
@@ -235,8 +224,9 @@ def test_nan_or_inf_features_fail_that_case_only(pipeline, tmp_path):
     data["features"][0, 0] = float("nan")
     data["case_id"] = "nan-case"
     torch.save(data, features / "nan-case.pt")
-    cfg = config("build_graphs", [f"data.manifest={pipeline['manifest']}", f"data.features_dir={tmp_path / 'features'}",
-                                  f"output_dir={tmp_path / 'graphs'}"])
+    cfg = compose_config("build_graphs", [f"data.manifest={pipeline['manifest']}",
+                                          f"data.features_dir={tmp_path / 'features'}",
+                                          f"output_dir={tmp_path / 'graphs'}"])
     summary = build_modality_graphs(cfg, [good, "nan-case"], "radiology")
     assert summary.done == [good]
     assert summary.failed == [("nan-case", "ValueError: case 'nan-case': radiology features contain NaN or inf")]
@@ -282,25 +272,26 @@ def test_survival_times_not_positive_are_named(tmp_path):
     assert {p.case_id for p in load_manifest(path).problems} == {"b", "c"}
 
 
-def test_all_censored_cohort_is_refused_with_a_clear_message(tmp_path):
+def test_all_censored_cohort_is_refused_with_a_clear_message(compose_config, tmp_path):
     manifest = toy_cohort(tmp_path, n=8)
     pd.read_csv(manifest).assign(os_event=0).to_csv(manifest, index=False)
-    cfg = config("train", [f"data.manifest={manifest}", f"data.graph_dir={tmp_path / 'graphs'}",
-                           f"output_dir={tmp_path / 'run'}", "folds.n_folds=2"])
+    cfg = compose_config("train", [f"data.manifest={manifest}", f"data.graph_dir={tmp_path / 'graphs'}",
+                                   f"output_dir={tmp_path / 'run'}", "folds.n_folds=2"])
     with pytest.raises(SystemExit, match="all 8 patients are censored"):
         run_training(cfg)
     fabricate_run(tmp_path / "survival_run", n_patients=20)
     table = tmp_path / "survival_run" / "manifest.csv"
     pd.read_csv(table).assign(os_event=0).to_csv(table, index=False)
-    cfg = config("survival", [f"run_dir={tmp_path / 'survival_run'}", f"data.manifest={table}", "models=[CoxPH]",
-                              *FAST])
+    cfg = compose_config("survival", [f"run_dir={tmp_path / 'survival_run'}", f"data.manifest={table}",
+                                      "models=[CoxPH]", *FAST])
     with pytest.raises(ValueError, match="all 20 patients are censored"):
         run_survival(cfg)
 
 
-def test_all_censored_fold_is_reported_and_the_other_folds_scored(tmp_path):
+def test_all_censored_fold_is_reported_and_the_other_folds_scored(compose_config, tmp_path):
     manifest = fabricate_run(tmp_path / "run", n_patients=40, censored_fold=1)
-    cfg = config("survival", [f"run_dir={tmp_path / 'run'}", f"data.manifest={manifest}", "models=[CoxPH]", *FAST])
+    cfg = compose_config("survival", [f"run_dir={tmp_path / 'run'}", f"data.manifest={manifest}", "models=[CoxPH]",
+                                      *FAST])
     result, summary, _ = run_survival(cfg)
     fold1 = result.metrics[result.metrics["fold"] == 1]
     assert fold1["value"].isna().all() and fold1["note"].str.contains("no events in the test fold").all()
@@ -308,7 +299,7 @@ def test_all_censored_fold_is_reported_and_the_other_folds_scored(tmp_path):
 
 
 # -- paths and checkpoints ------------------------------------------------------------------------------
-def test_manifest_paths_cannot_leave_its_folder_unless_allowed(tmp_path):
+def test_manifest_paths_cannot_leave_its_folder_unless_allowed(compose_config, tmp_path):
     (tmp_path / "cohort").mkdir()
     (tmp_path / "secret.nii.gz").write_bytes(b"x")
     (tmp_path / "cohort" / "a.nii.gz").write_bytes(b"x")
@@ -323,10 +314,10 @@ def test_manifest_paths_cannot_leave_its_folder_unless_allowed(tmp_path):
             manifest.image_path(case_id, "ct")
     allowed = load_manifest(path, allow_outside=True).select_shard(0, 1)
     assert allowed.image_path("up", "ct") == tmp_path / "secret.nii.gz"
-    assert config("build_graphs", [])["data"]["allow_outside_paths"] is False
+    assert compose_config("build_graphs")["data"]["allow_outside_paths"] is False
 
 
-def test_pickled_checkpoint_is_refused_unless_trusted(tmp_path):
+def test_pickled_checkpoint_is_refused_unless_trusted(compose_config, tmp_path):
     path = tmp_path / "weights.pt"
     torch.save({"state_dict": {"w": torch.ones(2)}, "path": pathlib.PurePosixPath("/models")}, path)
     with pytest.raises(CheckpointError, match="(?s)weights_only=True.*trust_pickled_checkpoints=true"):
@@ -335,7 +326,7 @@ def test_pickled_checkpoint_is_refused_unless_trusted(tmp_path):
         assert torch.equal(load_state_dict(path)["w"], torch.ones(2))
     with pytest.raises(CheckpointError):  # the opt-in ends with its block
         load_state_dict(path)
-    assert config("encode", [])["trust_pickled_checkpoints"] is False
+    assert compose_config("encode")["trust_pickled_checkpoints"] is False
 
 
 # -- disk full, read-only folder --------------------------------------------------------------------------

@@ -4,53 +4,29 @@ The entry points run as subprocesses, exactly as a user runs them.
 """
 
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
+from conftest import SMALL_ENCODERS, TINY_DEMO
 from radiopath.data.demo_cohort import make_demo_cohort
 from radiopath.encoders.features import PatchFeatures
 from radiopath.graphs import load_graph
 from radiopath.layout import graph_path
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = {
-    "ct": {"shape": [64, 64, 20], "spacing": [1.6, 1.6, 5.0]},
-    "wsi": {"size_px": [1024, 1024]},
-    "wsi_pattern": {"radius_um": [30.0, 60.0]},
-}
-# A one-block ViT keeps the pathology encoder fast; radiomics maps are the CT default.
-SMALL_ENCODERS = [
-    "encoder/pathology=hipt",
-    "+encoder.pathology.kwargs.depth=1",
-    "+encoder.pathology.kwargs.embed_dim=32",
-    "+encoder.pathology.kwargs.num_heads=2",
-]
-
-
-def run(module, *overrides, check=True):
-    result = subprocess.run(
-        [sys.executable, "-m", module, *overrides, *SMALL_ENCODERS],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"{module} failed ({result.returncode}):\n{result.stdout}\n{result.stderr[-4000:]}")
-    return result
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    return make_demo_cohort(tmp_path_factory.mktemp("cohort"), 3, 5, **TINY)
+    return make_demo_cohort(tmp_path_factory.mktemp("cohort"), 3, 5, **TINY_DEMO)
 
 
 @pytest.fixture(scope="module")
-def built(cohort, tmp_path_factory):
+def built(cohort, run_command, tmp_path_factory):
     out = tmp_path_factory.mktemp("graphs")
-    result = run("radiopath.build_graphs", f"data.manifest={cohort}", f"output_dir={out}")
+    result = run_command("build_graphs", f"data.manifest={cohort}", f"output_dir={out}", *SMALL_ENCODERS)
     return out, result
 
 
@@ -70,15 +46,15 @@ def test_build_graphs_encodes_and_builds_every_case(cohort, built):
             assert graph.pos.shape[1] == (3 if modality == "radiology" else 2)
 
 
-def test_rerun_skips_finished_cases(cohort, built):
+def test_rerun_skips_finished_cases(cohort, built, run_command):
     out, _ = built
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")}
-    result = run("radiopath.build_graphs", f"data.manifest={cohort}", f"output_dir={out}")
+    result = run_command("build_graphs", f"data.manifest={cohort}", f"output_dir={out}", *SMALL_ENCODERS)
     assert "0 done, 3 skipped" in result.stdout
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")} == before
 
 
-def test_bad_cases_are_reported_and_the_others_finish(cohort, built, tmp_path):
+def test_bad_cases_are_reported_and_the_others_finish(cohort, built, run_command, tmp_path):
     manifest = pd.read_csv(cohort)
     shutil.copytree(cohort.parent, tmp_path / "cohort", ignore=shutil.ignore_patterns("features"))
     root = tmp_path / "cohort"
@@ -94,8 +70,8 @@ def test_bad_cases_are_reported_and_the_others_finish(cohort, built, tmp_path):
     ]
     pd.concat([manifest, pd.DataFrame(bad)]).to_csv(root / "manifest.csv", index=False)
 
-    result = run("radiopath.build_graphs", f"data.manifest={root / 'manifest.csv'}", f"output_dir={tmp_path / 'g'}",
-                 check=False)
+    result = run_command("build_graphs", f"data.manifest={root / 'manifest.csv'}", f"output_dir={tmp_path / 'g'}",
+                         *SMALL_ENCODERS, check=False)
     assert result.returncode == 1
     assert "FAILED truncated-ct" in result.stdout and "FAILED corrupt-slide" in result.stdout
     assert "FAILED duplicate: case_id appears 2 times" in result.stdout
@@ -106,12 +82,12 @@ def test_bad_cases_are_reported_and_the_others_finish(cohort, built, tmp_path):
         assert graph_path(tmp_path / "g", "pathology", case_id).is_file()
 
 
-def test_sharded_multirun_equals_single_process(cohort, built, tmp_path):
+def test_sharded_multirun_equals_single_process(cohort, built, run_command, tmp_path):
     out, _ = built
     sharded = tmp_path / "sharded"
-    run(
-        "radiopath.build_graphs", "-m", "hydra/launcher=submitit_local", "num_shards=2", "shard=0,1",
-        f"data.manifest={cohort}", f"output_dir={sharded}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    run_command(
+        "build_graphs", "-m", "hydra/launcher=submitit_local", "num_shards=2", "shard=0,1",
+        f"data.manifest={cohort}", f"output_dir={sharded}", f"hydra.sweep.dir={tmp_path / 'sweep'}", *SMALL_ENCODERS,
     )
     single = sorted(p.relative_to(out) for p in out.rglob("*.pt"))
     assert sorted(p.relative_to(sharded) for p in sharded.rglob("*.pt")) == single

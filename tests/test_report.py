@@ -21,6 +21,7 @@ import torch
 from omegaconf import OmegaConf
 from torch_geometric.data import Data
 
+from conftest import TINY_DEMO
 from radiopath.data.demo_cohort import make_demo_cohort
 from radiopath.data.readers import open_slide
 from radiopath.encoders.features import PatchFeatures
@@ -32,12 +33,7 @@ from radiopath.report.overlays import overlay_slices, paint, patch_importance
 from radiopath.survival import summarise
 from radiopath.survival.stage import run_survival
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = {
-    "ct": {"shape": [64, 64, 20], "spacing": [1.6, 1.6, 5.0]},
-    "wsi": {"size_px": [1024, 1024]},
-    "wsi_pattern": {"radius_um": [30.0, 60.0]},
-}
+REPO = Path(__file__).resolve().parents[1]  # the screenshot test runs its scripts/
 FAST = [
     "models=[RSF,CoxPH,FSVM]",
     "tuning.inner_folds=3",
@@ -55,7 +51,7 @@ METRICS = ["c_index", "c_ipcw", "cd_auc", "ibs"]
 
 def fabricate_images(root):
     """Demo CT/slides for two cases, their patch features and graphs (no encoder: random features)."""
-    manifest = make_demo_cohort(root / "cohort", N_IMAGED, 5, **TINY)
+    manifest = make_demo_cohort(root / "cohort", N_IMAGED, 5, **TINY_DEMO)
     frame = pd.read_csv(manifest, dtype={"case_id": str})
     rng = np.random.default_rng(1)
     for case_id in frame["case_id"]:
@@ -146,12 +142,8 @@ def plant_survival(source, target):
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
+def report(compose_config, run_command, tmp_path_factory):
     """Three runs and ``python -m radiopath.report`` on them, as a user runs it."""
-    from hydra import compose, initialize_config_dir
-
-    from conftest import CONF_DIR
-
     root = tmp_path_factory.mktemp("report")
     imaged = fabricate_images(root)
     manifest, folds, signal = fabricate_cohort(root, imaged)
@@ -159,9 +151,7 @@ def report(tmp_path_factory):
     write_run(runs[0], "mean", manifest, root, folds, signal=signal)
     write_run(runs[1], "abmil", manifest, root, folds, epochs=6)
     write_run(runs[2], "sparra", manifest, root, folds, epochs=6)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("survival", [f"run_dir={runs[0]}", f"data.manifest={manifest}", *FAST])
-    run_survival(cfg)
+    run_survival(compose_config("survival", [f"run_dir={runs[0]}", f"data.manifest={manifest}", *FAST]))
     plant_survival(runs[0] / "survival", runs[2] / "survival")
     fold_of = folds.set_index("case_id")["fold"]
     for case_id in imaged["case_id"]:
@@ -174,10 +164,8 @@ def report(tmp_path_factory):
     atomic_torch_save({"radiology": torch.ones(4)}, runs[2] / f"fold{fold_of['case000']}" / "importance" / "case000.pt")
 
     out = root / "report"
-    command = [sys.executable, "-m", "radiopath.report", f"run_dirs=[{','.join(map(str, runs))}]",
-               f"output={out}", "overlays.thumbnail_px=400", "figures.dpi=60"]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
+    run_command("report", f"run_dirs=[{','.join(map(str, runs))}]", f"output={out}", "overlays.thumbnail_px=400",
+                "figures.dpi=60", timeout=300)
     return out, runs, imaged
 
 
@@ -232,6 +220,7 @@ def comparison_rows(out):
     return rows
 
 
+@pytest.mark.slow
 def test_table_holds_the_summary_numbers(report):
     out, runs, _ = report
     html_rows = comparison_rows(out)
@@ -251,6 +240,7 @@ def test_table_holds_the_summary_numbers(report):
             assert float(row[f"{s['metric']}_mean"]) == pytest.approx(s["mean"])
 
 
+@pytest.mark.slow
 def test_best_cells_are_marked(report):
     out, _, _ = report
     rows = comparison_rows(out)
@@ -265,6 +255,7 @@ def test_best_cells_are_marked(report):
             assert rows[row["survival_model"], row["aggregator"]][i][1] == (row[f"{metric}_best"] == "True")
 
 
+@pytest.mark.slow
 def test_fsvm_ibs_is_na(report):
     out, _, _ = report
     for (model, _), cells in comparison_rows(out).items():
@@ -274,6 +265,7 @@ def test_fsvm_ibs_is_na(report):
     assert (fsvm["ibs_cell"] == "N/A").all() and (fsvm["ibs_best"] == "False").all()
 
 
+@pytest.mark.slow
 def test_markdown_matches_csv(report):
     out, _, _ = report
     lines = (out / "table.md").read_text().splitlines()
@@ -288,6 +280,7 @@ def test_markdown_matches_csv(report):
             assert cell == (f"**{row[f'{metric}_cell']}**" if bold else row[f"{metric}_cell"])
 
 
+@pytest.mark.slow
 def test_every_image_exists_and_each_figure_kind_is_there(report):
     out, _, imaged = report
     images = parsed(out).images
@@ -304,6 +297,7 @@ def test_every_image_exists_and_each_figure_kind_is_there(report):
             assert f"importance_run2_sparra_{case_id}_{modality}.png" in names
 
 
+@pytest.mark.slow
 def test_missing_pieces_and_settings_are_stated(report):
     out, runs, _ = report
     text = (out / "report.html").read_text()
@@ -317,6 +311,7 @@ def test_missing_pieces_and_settings_are_stated(report):
     assert "Harrell" in text and "inverse probability of censoring" in text
 
 
+@pytest.mark.slow
 def test_planted_truth_beside_the_manifest_is_scored(report):
     out, _, imaged = report
     summary = pd.read_csv(out / "importance_auroc.csv")
@@ -332,6 +327,7 @@ def test_planted_truth_beside_the_manifest_is_scored(report):
     assert "Planted regions" in text and "Mean (radiology+pathology): no node importance, no AUROC" in text
 
 
+@pytest.mark.slow
 def test_patch_importance_follows_the_assignment(report, tmp_path):
     out, runs, imaged = report
     config = OmegaConf.load(runs[2] / "config.yaml")
@@ -359,6 +355,7 @@ def test_paint_averages_overlapping_boxes_and_slices_stay_in_the_tumour():
     assert overlay_slices(mask, 1) == [6] and overlay_slices(mask, 9) == [4, 5, 6, 7]
 
 
+@pytest.mark.slow
 def test_embedded_report_is_one_file(report, tmp_path, compose_config):
     from radiopath.report import build_report
 
@@ -369,6 +366,7 @@ def test_embedded_report_is_one_file(report, tmp_path, compose_config):
     assert "No run has survival outputs" in html and not (tmp_path / "table.csv").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="no chromium (CI)")
 def test_screenshot_is_not_blank(report, tmp_path):
     from PIL import Image

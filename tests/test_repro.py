@@ -3,8 +3,6 @@
 import hashlib
 import json
 import re
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -86,21 +84,11 @@ def test_dataset_summary_counts_events_labels_and_images():
 
 
 @pytest.fixture(scope="module")
-def recorded_run(tmp_path_factory):
+def recorded_run(compose_config, tmp_path_factory):
     """A 2-fold SPARRA run with its record, plus a survival-stage record in RUN/survival."""
-    from hydra import compose, initialize_config_dir
-
-    from conftest import CONF_DIR
-
     root = tmp_path_factory.mktemp("recorded")
     manifest = toy_cohort(root, n=16)
-
-    class Compose:  # train_config's compose_config, outside a function-scoped fixture
-        def __call__(self, name, overrides):
-            with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-                return compose(config_name=name, overrides=list(overrides))
-
-    cfg = train_config(Compose(), root, manifest, "folds.n_folds=2", "training.epochs=2", "model.kwargs.hidden=8")
+    cfg = train_config(compose_config, root, manifest, "folds.n_folds=2", "training.epochs=2", "model.kwargs.hidden=8")
     with run_record("train", cfg, cfg.output_dir):
         run_training(cfg)
     survival_cfg = OmegaConf.create({"seed": 0, "models": ["CoxPH", "RSF"]})
@@ -126,17 +114,9 @@ def test_training_records_epochs_parameters_checkpoints_and_cohort(recorded_run)
     assert data["cases"]["train sparra on radiology+pathology"]["done"] == 2
 
 
-def checklist_config(*overrides: str):
-    from hydra import compose, initialize_config_dir
-
-    from conftest import CONF_DIR
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("checklist", list(overrides))
-
-
-def test_checklist_groups_items_as_in_the_paper_and_reads_sub_folders(recorded_run):
-    result = json.loads(checklist.run(checklist_config(f"run_dirs=[{recorded_run}]", "json=true")).lines[0])
+def test_checklist_groups_items_as_in_the_paper_and_reads_sub_folders(recorded_run, compose_config):
+    cfg = compose_config("checklist", [f"run_dirs=[{recorded_run}]", "json=true"])
+    result = json.loads(checklist.run(cfg).lines[0])
     assert [r["stage"] for r in result["records"]] == ["train", "survival"]
     assert [p["name"].split(":")[0] for p in result["parts"]] == [f"Part {n}" for n in ("I", "II", "III", "IV", "V")]
     items = {i["id"]: i for p in result["parts"] for i in p["items"]}
@@ -148,18 +128,16 @@ def test_checklist_groups_items_as_in_the_paper_and_reads_sub_folders(recorded_r
         assert items[author]["status"] == "author" and items[author]["author"]
     assert "ethics" in items[4]["author"] and "readers" in items[27]["author"]
     assert "External validation".lower() in items[28]["author"].lower()
-    text = checklist.run(checklist_config(f"run_dirs=[{recorded_run}]")).lines[0]
+    text = checklist.run(compose_config("checklist", [f"run_dirs=[{recorded_run}]"])).lines[0]
     assert "Part IV: Training, Validation and Testing" in text and "for the author: ethics approval" in text
 
 
-def test_checklist_command_prints_json_only_and_names_a_missing_folder(recorded_run, tmp_path):
-    done = subprocess.run([sys.executable, "-m", "radiopath.checklist", f"run_dirs=[{recorded_run}]", "json=true"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+@pytest.mark.slow
+def test_checklist_command_prints_json_only_and_names_a_missing_folder(recorded_run, run_command, tmp_path):
+    done = run_command("checklist", f"run_dirs=[{recorded_run}]", "json=true", cwd=tmp_path, timeout=120)
     assert json.loads(done.stdout)["counts"]["recorded"] > 0  # stdout is JSON and nothing else
     assert not list(tmp_path.iterdir())  # the command only reads
-    missing = subprocess.run([sys.executable, "-m", "radiopath.checklist", f"run_dirs=[{tmp_path / 'nope'}]"],
-                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    missing = run_command("checklist", f"run_dirs=[{tmp_path / 'nope'}]", cwd=tmp_path, timeout=120, check=False)
     assert missing.returncode == 2 and "run_dirs: no run folder" in missing.stderr
 
 
@@ -174,14 +152,11 @@ def test_checklist_skips_temporary_and_failed_records(recorded_run, tmp_path):
     assert items[20]["status"] == "missing"  # a failed run's settings are not evidence
 
 
-def test_report_has_a_reproducibility_checklist_section(recorded_run, tmp_path):
-    from hydra import compose, initialize_config_dir
-
-    from conftest import CONF_DIR
+def test_report_has_a_reproducibility_checklist_section(recorded_run, compose_config, tmp_path):
     from radiopath.report import build_report
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("report", [f"run_dirs=[{recorded_run}]", f"output={tmp_path / 'report'}", "overlays.n_cases=0"])
+    cfg = compose_config("report", [f"run_dirs=[{recorded_run}]", f"output={tmp_path / 'report'}",
+                                    "overlays.n_cases=0"])
     page = build_report(cfg).read_text()
     section = page[page.index('<section id="reproducibility">'):]
     assert "<h2>Reproducibility checklist</h2>" in section

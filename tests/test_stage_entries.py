@@ -121,48 +121,60 @@ def test_a_trained_fold_without_comparable_test_pairs_is_not_called_untrained():
     assert "untrained" in fold_score_text(untrained, float("nan"))
 
 
-def survival_config(tmp_path, *overrides):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("survival", [f"output_dir={tmp_path / 'out'}", *overrides])
-
-
-def test_survival_on_a_run_folder_without_folds_says_what_is_missing(tmp_path):
+def test_survival_on_a_run_folder_without_folds_says_what_is_missing(compose_config, tmp_path):
     from radiopath.survival.stage import run_survival
+
+    def survival_config(*overrides):
+        return compose_config("survival", [f"output_dir={tmp_path / 'out'}", *overrides])
 
     table = tmp_path / "features.csv"
     table.write_text("case_id,os_time,os_event,f0\na,1.0,1,0.5\nb,2.0,0,0.1\n")
     (tmp_path / "run").mkdir()
     for overrides in ([f"features={table}", f"run_dir={tmp_path / 'run'}"], [f"run_dir={tmp_path / 'run'}"]):
         with pytest.raises(ConfigError, match=r"run_dir: .*has no folds.csv: train there first"):
-            run_survival(survival_config(tmp_path, *overrides))
+            run_survival(survival_config(*overrides))
     with pytest.raises(ConfigError, match=r"run_dir: .*does not exist"):
-        run_survival(survival_config(tmp_path, f"run_dir={tmp_path / 'elsewhere'}"))
+        run_survival(survival_config(f"run_dir={tmp_path / 'elsewhere'}"))
 
 
-def test_a_misspelt_aggregator_stops_train_at_start_naming_the_key(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "radiopath.train", "model.name=spara",
-                           f"output_dir={tmp_path / 'run'}", f"data.manifest={tmp_path / 'absent.csv'}"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+@pytest.mark.slow
+def test_a_misspelt_aggregator_stops_train_at_start_naming_the_key(run_command, tmp_path):
+    done = run_command("train", "model.name=spara", f"output_dir={tmp_path / 'run'}",
+                       f"data.manifest={tmp_path / 'absent.csv'}", cwd=tmp_path, timeout=300, check=False)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "model.name" in done.stderr and "spara" in done.stderr and "sparra" in done.stderr
     assert "Traceback" not in done.stderr
 
 
-def test_the_run_config_records_the_cohort_paths_absolute(tmp_path, monkeypatch):
+def test_the_run_config_records_the_cohort_paths_absolute(compose_config, tmp_path, monkeypatch):
     # The report reads graphs and features through the run's config.yaml: relative paths only
     # worked from the folder the training ran in.
-    from hydra import compose, initialize_config_dir
-
     from radiopath.training.stage import write_run_config
 
     monkeypatch.chdir(tmp_path)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", ["data.manifest=cohort/manifest.csv", "data.graph_dir=graphs/cohort"])
+    cfg = compose_config("train", ["data.manifest=cohort/manifest.csv", "data.graph_dir=graphs/cohort"])
     write_run_config(cfg, tmp_path / "config.yaml")
     written = OmegaConf.load(tmp_path / "config.yaml")
     assert written.data.manifest == str(tmp_path / "cohort" / "manifest.csv")
     assert written.data.graph_dir == str(tmp_path / "graphs" / "cohort")
     assert written.data.features_dir == str(tmp_path / "cohort" / "features")
     assert "fold" not in written
+
+
+def test_the_wheel_carries_every_config_file(tmp_path):
+    # `pip install .` (not editable) must run the commands from any folder: the hydra
+    # configuration has to travel inside the package.
+    import shutil
+    import zipfile
+
+    source = tmp_path / "source"  # a copy: building in the checkout would leave build/ there
+    shutil.copytree(PACKAGE, source / "radiopath", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(PACKAGE.parent / name, source / name)
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
+                           "--wheel-dir", str(tmp_path), str(source)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (wheel,) = tmp_path.glob("radiopath-*.whl")
+    packaged = {name for name in zipfile.ZipFile(wheel).namelist() if name.startswith("radiopath/conf/")}
+    expected = {f"radiopath/conf/{p.relative_to(CONF_DIR).as_posix()}" for p in CONF_DIR.rglob("*.yaml")}
+    assert expected and expected == packaged

@@ -67,16 +67,11 @@ def run_config(compose_config, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def censored_fold_run(tmp_path_factory):
+def censored_fold_run(compose_config, tmp_path_factory):
     """One stage run on a fabricated run whose fold 2 has no test events (shared by the tests below)."""
-    from hydra import compose, initialize_config_dir
-
-    from conftest import CONF_DIR
-
     run_dir = tmp_path_factory.mktemp("survival") / "run"
     manifest = fabricate_run(run_dir, censored_fold=2)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("survival", [f"run_dir={run_dir}", f"data.manifest={manifest}", *FAST])
+    cfg = compose_config("survival", [f"run_dir={run_dir}", f"data.manifest={manifest}", *FAST])
     result, summary, output_dir = run_survival(cfg)
     return run_dir, output_dir, result, summary
 
@@ -191,19 +186,14 @@ def test_failing_and_non_converging_models_are_recorded(run_config):
     assert summary.set_index(["model", "metric"]).loc[("CoxPH", "c_index"), "n_folds"] == 5
 
 
-def test_command_line(tmp_path):
-    import subprocess
-    import sys
-
+@pytest.mark.slow
+def test_command_line(run_command, tmp_path):
     manifest = fabricate_run(tmp_path / "run", n_patients=40)
     out = tmp_path / "elsewhere"
-    command = [
-        sys.executable, "-m", "radiopath.survival", f"run_dir={tmp_path / 'run'}", f"data.manifest={manifest}",
-        f"output_dir={out}", "models=[CoxPH,FSVM]", "selection.univariate_cox=false", "risk_groups.threshold=median",
-        *FAST,
-    ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    done = run_command(
+        "survival", f"run_dir={tmp_path / 'run'}", f"data.manifest={manifest}", f"output_dir={out}",
+        "models=[CoxPH,FSVM]", "selection.univariate_cox=false", "risk_groups.threshold=median", *FAST, timeout=120,
+    )
     assert "c_index" in done.stdout and "CoxPH" in done.stdout and "N/A" in done.stdout
     logrank = pd.read_csv(out / "logrank.csv")
     assert (logrank["threshold"] == "median").all()

@@ -3,22 +3,18 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
+from conftest import TINY_MODEL
 from radiopath.training.stage import run_training
 from radiopath.training.folds import create_once, load_or_make_folds, make_folds
 
 from test_training import toy_cohort
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_concurrent_jobs_write_one_folds_file_and_all_read_it(tmp_path):
@@ -45,15 +41,14 @@ def test_concurrent_jobs_write_one_folds_file_and_all_read_it(tmp_path):
     pd.testing.assert_frame_equal(pd.read_csv(path, dtype={"case_id": str}), written)
 
 
-def test_fold_jobs_of_a_multirun_equal_the_single_process_run(compose_config, tmp_path):
+@pytest.mark.slow
+def test_fold_jobs_of_a_multirun_equal_the_single_process_run(compose_config, start_command, tmp_path):
     manifest = toy_cohort(tmp_path, n=16)
     common = [f"data.manifest={manifest}", f"data.graph_dir={tmp_path / 'graphs'}", "folds.n_folds=2", "threads=1",
-              "training.epochs=2", "model.kwargs.hidden=8", "model.kwargs.attention_dim=4"]
+              "training.epochs=2", *TINY_MODEL]
     multi, single = tmp_path / "multi", tmp_path / "single"
-    jobs = subprocess.Popen(
-        [sys.executable, "-m", "radiopath.train", "-m", "hydra/launcher=submitit_local", "fold=range(2)",
-         f"output_dir={multi}", f"hydra.sweep.dir={tmp_path / 'sweep'}", *common],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    jobs = start_command("train", "-m", "hydra/launcher=submitit_local", "fold=range(2)", f"output_dir={multi}",
+                         f"hydra.sweep.dir={tmp_path / 'sweep'}", *common)
     try:
         assert run_training(compose_config("train", [*common, f"output_dir={single}"])).ok  # while the jobs run
         log = jobs.communicate(timeout=600)[0]

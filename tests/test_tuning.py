@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import TINY_MODEL
 from radiopath.training import stage
 from radiopath.training.cohort import Patient
 from radiopath.training.scaling import NodeScaler
@@ -13,8 +14,7 @@ from radiopath.training.tuning import search
 
 from test_training import toy_cohort, train_config
 
-TINY = ["model=sparra", "modalities=[pathology]", "model.kwargs.hidden=8", "model.kwargs.attention_dim=4",
-        "training.epochs=2", "folds.n_folds=2"]
+TINY = ["model=sparra", "modalities=[pathology]", *TINY_MODEL, "training.epochs=2", "folds.n_folds=2"]
 GRID = "tune.grid={training.lr:[1e-3,3e-3],model.kwargs.ratio:[0.2,0.5]}"
 TUNED = ["tune.enabled=true", "tune.inner_folds=2", GRID]
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from hydra import initialize_config_dir
 
+from conftest import TINY_MODEL
 from radiopath.layout import RunFolder
 from radiopath.validate import scores
 from radiopath.validate.benchmark import CONF_DIR, changed_keys, check_config, compose_stage, run_benchmark
@@ -16,7 +17,6 @@ from radiopath.validate.planted import FAMILIES, truth_path, write_planted_cohor
 # Tiny graphs: the run checks the plumbing, not the method.
 TINY_COHORT = ["+cohort.pathology_nodes=[30,60]", "+cohort.radiology_nodes=[15,30]",
                "+cohort.pathology_dim=6", "+cohort.radiology_dim=4", "+cohort.region_fraction=0.2"]
-TINY_MODEL = ["model.kwargs.hidden=8", "model.kwargs.attention_dim=4"]
 
 
 def test_importance_auroc_of_perfect_reversed_tied_and_single_class_importance():
@@ -127,6 +127,7 @@ def test_stage_configs_compose_also_inside_a_running_hydra_app():
     assert inside == compose_stage(name="train", overrides=["model=abmil"]) and inside.model.name == "abmil"
 
 
+@pytest.mark.slow
 def test_tiny_benchmark_runs_every_aggregator_through_train_and_survival(compose_config, tmp_path, capsys):
     cfg = compose_config("validate", [
         "families=[shift,null]", "n_patients=30", f"output_dir={tmp_path / 'validate'}", "jobs=2", *TINY_COHORT,

@@ -21,6 +21,7 @@ from lifelines.plotting import add_at_risk_counts  # noqa: E402
 from lifelines.statistics import logrank_test  # noqa: E402
 
 from radiopath.io import atomic_path  # noqa: E402
+from radiopath.layout import SurvivalFolder  # noqa: E402
 
 GROUPS = ("low risk", "high risk")
 
@@ -88,7 +89,7 @@ def risk_group_analysis(predictions: pd.DataFrame, output_dir: str | Path, cfg) 
             model,
             part,
             row["p_value"],
-            Path(output_dir) / f"km_{model}.png",
+            SurvivalFolder(output_dir).km_figure(model),
             cfg.risk_groups.threshold,
             cfg.data.time_unit,
             1 - cfg.risk_groups.confidence,

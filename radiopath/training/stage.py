@@ -177,18 +177,23 @@ def folds_to_train(cfg: DictConfig, folds: pd.DataFrame) -> list[int]:
 DATA_PATHS = ("manifest", "graph_dir", "features_dir")
 
 
-def write_run_config(cfg: DictConfig, path: Path) -> None:
-    """``config.yaml`` of the run, without ``fold``: every fold job of a run writes the same file.
+def run_config(cfg: DictConfig) -> dict:
+    """The run's ``config.yaml`` content: resolved, without ``fold``, the cohort's paths absolute.
 
-    The cohort's paths are written absolute, so that the report and the survival stage
-    find the graphs, features and manifest from whatever folder they are started in.
+    Without ``fold``, every fold job of a run writes the same file; absolute paths let the
+    report and the survival stage find the graphs, features and manifest from any folder.
     """
     config = OmegaConf.to_container(cfg, resolve=True)
-    del config["fold"]
+    config.pop("fold", None)
     for key in DATA_PATHS:
         if config["data"].get(key) is not None:
             config["data"][key] = str(Path(config["data"][key]).resolve())
-    atomic_write_text(OmegaConf.to_yaml(config), path)
+    return config
+
+
+def write_run_config(cfg: DictConfig, path: Path) -> None:
+    """Write :func:`run_config` to ``path``."""
+    atomic_write_text(OmegaConf.to_yaml(run_config(cfg)), path)
 
 
 def check_config(cfg: DictConfig) -> None:

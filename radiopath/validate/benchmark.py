@@ -48,12 +48,13 @@ from radiopath import config  # noqa: F401  (registers the ${dirname:} resolver,
 from radiopath.config import CONF_DIR
 from radiopath.errors import ConfigError
 from radiopath.io import atomic_write_text
+from radiopath.layout import RunFolder, SurvivalFolder
 from radiopath.modality import NAMES as MODALITIES
 from radiopath.models import AGGREGATORS
 from radiopath.repro import active, run_record
 from radiopath.survival.benchmark import format_summary
 from radiopath.survival.stage import output_dir_for, run_survival
-from radiopath.training.stage import run_training
+from radiopath.training.stage import run_config, run_training
 from radiopath.validate import scores
 
 # Keys the benchmark sets itself: an override of one of them would break the layout or the folds.
@@ -181,7 +182,7 @@ def plan_family(*, cfg: DictConfig, family: str, aggregators: list[str], output_
             ])
             jobs.append(Job(**common, generate=generate, oracle=oracle))
         else:
-            jobs.append(Job(**common, folds_from=first_run / "folds.csv"))
+            jobs.append(Job(**common, folds_from=RunFolder(first_run).folds))
     return jobs
 
 
@@ -224,12 +225,9 @@ def stale_work(*, output_dir: Path, jobs: list[Job], settings: dict) -> list[str
         if changed:
             stale.append(f"{path.parent} (cohort: {', '.join(changed)})")
     for job in jobs:
-        written = job.run_dir / "config.yaml"
+        written = RunFolder(job.run_dir).config
         if written.is_file():
-            # train writes its resolved config without `fold` (the same file for every fold job)
-            new = OmegaConf.to_container(job.train, resolve=True)
-            new.pop("fold", None)
-            changed = changed_keys(old=OmegaConf.to_container(OmegaConf.load(written)), new=new)
+            changed = changed_keys(old=OmegaConf.to_container(OmegaConf.load(written)), new=run_config(job.train))
             if changed:
                 stale.append(f"{job.run_dir} (train: {', '.join(changed[:6])}{' ...' if len(changed) > 6 else ''})")
     return stale
@@ -288,7 +286,7 @@ def _write_cohort(job: Job) -> bool:
 
 def _share_folds(job: Job) -> None:
     """Copy the first run's ``folds.csv`` into this run (or check that the one there is the same)."""
-    target = job.run_dir / "folds.csv"
+    target = RunFolder(job.run_dir).folds
     folds = job.folds_from.read_text(encoding="utf-8")
     if not target.is_file():
         atomic_write_text(folds, target)
@@ -298,10 +296,10 @@ def _share_folds(job: Job) -> None:
 
 
 def _train(job: Job, result: JobResult) -> bool:
-    folds = job.run_dir / "folds.csv"
-    if folds.is_file():
-        ks = pd.read_csv(folds)["fold"].unique()
-        if all((job.run_dir / f"fold{k}" / "vectors.csv").is_file() for k in ks):
+    run = RunFolder(job.run_dir)
+    if run.folds.is_file():
+        ks = pd.read_csv(run.folds)["fold"].unique()
+        if all(run.vectors(k).is_file() for k in ks):
             return False
     with run_record("train", job.train, job.run_dir):
         summary = run_training(job.train)
@@ -312,7 +310,7 @@ def _train(job: Job, result: JobResult) -> bool:
 
 def _survival(cfg: DictConfig, result: JobResult, *, rerun: bool) -> bool:
     out = output_dir_for(cfg)
-    written = out / "settings.json"
+    written = SurvivalFolder(out).settings
     if not rerun and written.is_file():
         # the stage records its config unresolved
         if not changed_keys(old=json.loads(written.read_text(encoding="utf-8"))["config"],

@@ -93,23 +93,24 @@ class TraditionalRadiomicsPipeline(CasePipeline):
         return proba[:, list(self.model_.classes_).index(1)]
 
 
-@PIPELINES.register("tr_rf")
-def tr_rf(radiomics: Mapping, pca_components: int = 10, smote_k_neighbors: int = 5,
-          classifier: Mapping | None = None, random_state: int = 0) -> TraditionalRadiomicsPipeline:
-    """TR with a random forest; ``classifier``: ``RandomForestClassifier`` arguments."""
-    params = dict(classifier or {})
-    return TraditionalRadiomicsPipeline(
-        "tr_rf", lambda: RandomForestClassifier(random_state=random_state, **params), radiomics,
-        pca_components, smote_k_neighbors, random_state,
-    )
+CLASSIFIERS = {"tr_rf": RandomForestClassifier, "tr_xgb": XGBClassifier}
 
 
-@PIPELINES.register("tr_xgb")
-def tr_xgb(radiomics: Mapping, pca_components: int = 10, smote_k_neighbors: int = 5,
-           classifier: Mapping | None = None, random_state: int = 0) -> TraditionalRadiomicsPipeline:
-    """TR with gradient-boosted trees; ``classifier``: ``xgboost.XGBClassifier`` arguments."""
-    params = dict(classifier or {})
-    return TraditionalRadiomicsPipeline(
-        "tr_xgb", lambda: XGBClassifier(random_state=random_state, **params), radiomics,
-        pca_components, smote_k_neighbors, random_state,
-    )
+def _register_traditional(name: str, summary: str) -> None:
+    """Register TR with the classifier class ``CLASSIFIERS[name]`` as pipeline ``name``."""
+
+    def build(radiomics: Mapping, pca_components: int = 10, smote_k_neighbors: int = 5,
+              classifier: Mapping | None = None, random_state: int = 0) -> TraditionalRadiomicsPipeline:
+        params = dict(classifier or {})
+        return TraditionalRadiomicsPipeline(
+            name, lambda: CLASSIFIERS[name](random_state=random_state, **params), radiomics,
+            pca_components, smote_k_neighbors, random_state,
+        )
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = summary
+    PIPELINES.register(name)(build)
+
+
+_register_traditional("tr_rf", "TR with a random forest; ``classifier``: ``RandomForestClassifier`` arguments.")
+_register_traditional("tr_xgb", "TR with gradient-boosted trees; ``classifier``: ``xgboost.XGBClassifier`` arguments.")
