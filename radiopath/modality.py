@@ -23,7 +23,10 @@ class Modality:
     3 (CT volumes); ``view`` says what kind of image it is, so how importance is
     drawn and planted truth is read (``"slide"``: a 2-D slide, drawn over its
     thumbnail; ``"volume"``: a CT volume, drawn on axial slices); ``needs_mpp`` is
-    true when the patch features must carry the slide's µm per level-0 pixel.
+    true when the patch features must carry the slide's µm per level-0 pixel;
+    ``bag_column`` is the manifest column that may point at patch features made
+    elsewhere (an HDF5 bag in the CLAM/Trident layout, :mod:`radiopath.encoders.bags`)
+    instead of the image, None where that layout does not apply (CT).
     """
 
     name: str
@@ -33,11 +36,22 @@ class Modality:
     dims: int
     view: str
     needs_mpp: bool
+    bag_column: str | None
 
     @property
     def image_column(self) -> str:
         """The manifest column of the image itself (the CT, the slide); the others go with it (the mask)."""
         return self.image_columns[0]
+
+    @property
+    def required_columns(self) -> tuple[str | tuple[str, ...], ...]:
+        """The manifest columns a case of this modality needs; a tuple entry means "one of these".
+
+        A modality with a bag column needs its image or a bag (``("wsi", "pathology_features")``).
+        """
+        if self.bag_column is None:
+            return self.image_columns
+        return ((*self.image_columns, self.bag_column),)
 
     @property
     def encoder_group(self) -> str:
@@ -57,9 +71,9 @@ class Modality:
 
 
 RADIOLOGY = Modality("radiology", image_columns=("ct", "mask"), coord_units="mm", pos_units="mm", dims=3,
-                     view="volume", needs_mpp=False)
+                     view="volume", needs_mpp=False, bag_column=None)
 PATHOLOGY = Modality("pathology", image_columns=("wsi",), coord_units="level0_px", pos_units="µm", dims=2,
-                     view="slide", needs_mpp=True)
+                     view="slide", needs_mpp=True, bag_column="pathology_features")
 MODALITIES: dict[str, Modality] = {m.name: m for m in (RADIOLOGY, PATHOLOGY)}
 NAMES: tuple[str, ...] = tuple(MODALITIES)
 

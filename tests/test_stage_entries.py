@@ -23,6 +23,7 @@ COMMANDS = {
     "survival": ("survival/__main__.py", "radiopath.survival.stage"),
     "report": ("report/__main__.py", "radiopath.report.stage"),
     "checklist": ("checklist.py", "radiopath.report.checklist"),
+    "export": ("export.py", "radiopath.report.export"),
     "classify": ("classify.py", "radiopath.classification.stage"),
     "validate": ("validate/__main__.py", "radiopath.validate.stage"),
 }

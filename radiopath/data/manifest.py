@@ -14,9 +14,16 @@ Columns (only ``case_id`` is required; a stage checks for the columns it needs):
 ``aggressive``     1 aggressive, 0 indolent (empty for benign tumours)
 ``age``, ``sex``,  clinical covariates
 ``tumour_size_mm``
+``pathology_        optional: an HDF5 feature bag of the case's slide in the
+features``         CLAM/Trident layout (:mod:`radiopath.encoders.bags`); the
+                   graph is built from it, without encoding (and without the
+                   slide, which is only read for its resolution and size)
+``mpp``            optional: µm per level-0 pixel of the case's slide (> 0);
+                   where given it overrides the slide's own metadata and the
+                   bag's attributes (``wsi.fallback_mpp`` is the last resort)
 =================  ==========================================================
 
-Image paths are relative to the manifest's folder. A path that leads outside that
+Image and bag paths are relative to the manifest's folder. A path that leads outside that
 folder (absolute, ``..``, or a symlink out) is refused when a stage opens it,
 unless the manifest is loaded with ``allow_outside=True`` (``data.allow_outside_paths``).
 Rows with a problem are not dropped silently: :func:`load_manifest` returns them
@@ -34,8 +41,11 @@ import pandas as pd
 from radiopath.errors import CaseError, ManifestError
 from radiopath.modality import MODALITIES
 
-# Every modality's image columns (ct, mask, wsi): paths resolved and checked to exist.
+# Every modality's image columns (ct, mask, wsi) and bag columns (pathology_features):
+# paths resolved and checked to exist.
 IMAGE_COLUMNS = tuple(column for spec in MODALITIES.values() for column in spec.image_columns)
+PATH_COLUMNS = IMAGE_COLUMNS + tuple(spec.bag_column for spec in MODALITIES.values() if spec.bag_column)
+MPP_COLUMN = "mpp"
 
 
 @dataclass
@@ -55,13 +65,25 @@ class Manifest:
     def case_ids(self) -> list[str]:
         return self.frame["case_id"].tolist()
 
+    def has(self, case_id: str, column: str) -> bool:
+        """True when the manifest has ``column`` and the case's cell in it is not empty."""
+        return column in self.frame.columns and self._cell(case_id, column) != ""
+
+    def mpp(self, case_id: str) -> float | None:
+        """The case's ``mpp`` column (µm per level-0 pixel of its slide), None when not given."""
+        return float(self._cell(case_id, MPP_COLUMN)) if self.has(case_id, MPP_COLUMN) else None
+
+    def _cell(self, case_id: str, column: str):
+        value = self.frame.loc[self.frame["case_id"] == case_id, column].iloc[0]
+        return "" if pd.isna(value) else value
+
     def image_path(self, case_id: str, column: str) -> Path | None:
-        """Absolute path of one case's image, or None when the cell is empty.
+        """Absolute path of one case's image (or bag), or None when the column or the cell is empty.
 
         Raises :class:`CaseError` when the path leads outside the manifest's folder
         and ``allow_outside`` is off: a manifest must not make a stage read arbitrary files.
         """
-        value = self.frame.loc[self.frame["case_id"] == case_id, column].iloc[0]
+        value = self._cell(case_id, column) if column in self.frame.columns else ""
         if not isinstance(value, str) or not value:
             return None
         path = Path(value)
@@ -78,10 +100,12 @@ class Manifest:
         return Manifest(self.path, frame, self.problems, self.allow_outside)
 
 
-def load_manifest(path: str | Path, required: tuple[str, ...] = (), allow_outside: bool = False) -> Manifest:
+def load_manifest(path: str | Path, required: tuple[str | tuple[str, ...], ...] = (),
+                  allow_outside: bool = False) -> Manifest:
     """Read and validate a cohort manifest.
 
-    ``required`` names columns that must exist (besides ``case_id``). Image paths
+    ``required`` names columns that must exist (besides ``case_id``); an entry that
+    is a tuple of names needs one of them (``("wsi", "pathology_features")``). Image paths
     are made absolute; duplicated ids, bad survival values and missing image
     files are returned as problems, and those rows are left out of ``frame``.
     ``allow_outside`` lets image paths lead outside the manifest's folder.
@@ -90,7 +114,8 @@ def load_manifest(path: str | Path, required: tuple[str, ...] = (), allow_outsid
     if not path.is_file():
         raise ManifestError(f"manifest not found: {path}")
     frame = pd.read_csv(path, dtype={"case_id": str})
-    missing = [c for c in ("case_id", *required) if c not in frame.columns]
+    missing = [" or ".join(c) if isinstance(c, tuple) else c for c in ("case_id", *required)
+               if not set((c,) if isinstance(c, str) else c) & set(frame.columns)]
     if missing:
         raise ManifestError(f"{path}: missing column(s) {', '.join(missing)}")
 
@@ -108,7 +133,7 @@ def load_manifest(path: str | Path, required: tuple[str, ...] = (), allow_outsid
         problems.append(CaseError(case_id, f"case_id appears {count} times in the manifest"))
     bad |= duplicated
 
-    for column in IMAGE_COLUMNS:
+    for column in PATH_COLUMNS:
         if column in frame.columns:
             frame[column] = [_resolve(path.parent, value) for value in frame[column]]
 
@@ -142,7 +167,11 @@ def _row_problem(row: pd.Series) -> str | None:
     if "os_event" in row.index and not pd.isna(row["os_event"]):
         if pd.to_numeric(row["os_event"], errors="coerce") not in (0, 1):
             return f"os_event must be 0 or 1, got {_shown(row['os_event'])!r}"
-    for column in IMAGE_COLUMNS:
+    if MPP_COLUMN in row.index and not pd.isna(row[MPP_COLUMN]):
+        mpp = pd.to_numeric(row[MPP_COLUMN], errors="coerce")
+        if not np.isfinite(mpp) or mpp <= 0:
+            return f"mpp must be a positive number (µm per level-0 pixel), got {_shown(row[MPP_COLUMN])!r}"
+    for column in PATH_COLUMNS:
         value = row.get(column, "")
         if value and not Path(value).exists():
             return f"{column} file not found: {value}"

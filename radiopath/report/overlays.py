@@ -71,24 +71,37 @@ def load_case_patches(graph_dir: str, features_dir: str, modality: str, case_id:
     return graph, patches
 
 
-def patch_importance(graph_dir: str, features_dir: str, modality: str, case_id: str, nodes: np.ndarray):
-    """The case's patches (:class:`PatchFeatures`) and each patch's importance (its node's value)."""
+def patch_nodes(graph_dir: str, features_dir: str, modality: str, case_id: str,
+                nodes: np.ndarray) -> tuple[PatchFeatures, np.ndarray]:
+    """The case's patches and the graph node of each, checked to fit one importance value per node."""
     graph, patches = load_case_patches(graph_dir, features_dir, modality, case_id)
     if len(nodes) != graph.num_nodes:
         raise ValueError(f"{len(nodes)} importance values for a graph of {graph.num_nodes} nodes")
-    return patches, nodes[graph.assignment.numpy()]
+    return patches, graph.assignment.numpy()
 
 
-def paint(shape: tuple[int, int], lo: np.ndarray, hi: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Mean of ``values`` over boxes ``[lo, hi)`` (x, y, pixel-edge units) on a ``(rows, cols)`` grid; NaN elsewhere."""
+def patch_importance(graph_dir: str, features_dir: str, modality: str, case_id: str, nodes: np.ndarray):
+    """The case's patches (:class:`PatchFeatures`) and each patch's importance (its node's value)."""
+    patches, node_of_patch = patch_nodes(graph_dir, features_dir, modality, case_id, nodes)
+    return patches, nodes[node_of_patch]
+
+
+def paint(shape: tuple[int, ...], lo: np.ndarray, hi: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Mean of ``values`` over boxes ``[lo, hi)`` on a grid of numpy ``shape``; NaN elsewhere.
+
+    ``lo`` and ``hi`` are ``(N, d)`` in x/y(/z) order and pixel-edge units, ``shape`` is
+    ``(rows, cols)`` or ``(z, y, x)``: the reverse order.
+    """
     total = np.zeros(shape)
     count = np.zeros(shape)
+    size = list(shape[::-1])
     # round half up, after dropping float noise, so that abutting boxes neither overlap nor leave gaps
-    start = np.clip(_round_half_up(lo), 0, [shape[1], shape[0]])
-    stop = np.clip(np.maximum(_round_half_up(hi), start + 1), 0, [shape[1], shape[0]])
-    for (x0, y0), (x1, y1), value in zip(start, stop, values):
-        total[y0:y1, x0:x1] += value
-        count[y0:y1, x0:x1] += 1
+    start = np.clip(_round_half_up(lo), 0, size)
+    stop = np.clip(np.maximum(_round_half_up(hi), start + 1), 0, size)
+    for first, last, value in zip(start, stop, values):
+        box = tuple(slice(a, b) for a, b in zip(first[::-1], last[::-1]))
+        total[box] += value
+        count[box] += 1
     with np.errstate(invalid="ignore"):
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
