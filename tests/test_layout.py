@@ -8,7 +8,7 @@ from radiopath.layout import (RunFolder, SurvivalFolder, features_path, fold_of,
                               vector_columns)
 from radiopath.report.runs import load_run
 from radiopath.survival.data import folds_from_run, read_survival, stratified_folds
-from radiopath.training.folds import make_folds
+from radiopath.folds import make_folds
 
 
 def test_feature_and_graph_paths():

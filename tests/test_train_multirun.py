@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 
 from conftest import TINY_MODEL
 from radiopath.training.stage import run_training
-from radiopath.training.folds import create_once, load_or_make_folds, make_folds
+from radiopath.folds import make_folds
+from radiopath.training.folds import create_once, load_or_make_folds
 
 from test_training import toy_cohort
 
@@ -26,7 +27,7 @@ def test_concurrent_jobs_write_one_folds_file_and_all_read_it(tmp_path):
 
     def job(i):
         start.wait()
-        results[i] = load_or_make_folds(path, ids, events, 5, seed=i)  # different seeds: the first writer wins
+        results[i] = load_or_make_folds(path, ids, events, n_folds=5, seed=i)  # different seeds: the first writer wins
 
     threads = [threading.Thread(target=job, args=(i,)) for i in range(8)]
     for thread in threads:
@@ -37,7 +38,7 @@ def test_concurrent_jobs_write_one_folds_file_and_all_read_it(tmp_path):
     for folds in results.values():
         pd.testing.assert_frame_equal(folds, written)
     assert [p.name for p in path.parent.iterdir()] == ["folds.csv"]  # no staging file left behind
-    assert not create_once(make_folds(ids, events, 5, seed=99), path)  # an existing file is never replaced
+    assert not create_once(make_folds(ids, events, n_folds=5, seed=99), path)  # an existing file is never replaced
     pd.testing.assert_frame_equal(pd.read_csv(path, dtype={"case_id": str}), written)
 
 

@@ -10,7 +10,8 @@ from torch_geometric.data import Data
 
 from radiopath.graphs.edges import knn_edges
 from radiopath.graphs.io import graph_path, save_graph
-from radiopath.training.folds import load_or_make_folds, make_folds
+from radiopath.folds import make_folds
+from radiopath.training.folds import load_or_make_folds
 from radiopath.training.stage import run_training
 
 SMALL_MODEL = ["model.kwargs.hidden=16", "model.kwargs.attention_dim=8", "model.kwargs.dropout=0.1"]
@@ -55,16 +56,16 @@ def train_config(compose_config, root, manifest, *overrides):
 def test_folds_are_disjoint_stratified_and_reused(tmp_path):
     ids = [f"p{i}" for i in range(50)]
     events = np.array([1] * 20 + [0] * 30)
-    folds = make_folds(ids, events, 5, seed=1)
+    folds = make_folds(ids, events, n_folds=5, seed=1)
     assert sorted(folds["case_id"]) == sorted(ids)
     assert folds["fold"].value_counts().tolist() == [10] * 5
     assert [int(events[folds["fold"] == k].sum()) for k in range(5)] == [4] * 5
 
-    written = load_or_make_folds(tmp_path / "folds.csv", ids, events, 5, seed=1)
-    again = load_or_make_folds(tmp_path / "folds.csv", ids, events, 5, seed=99)
+    written = load_or_make_folds(tmp_path / "folds.csv", ids, events, n_folds=5, seed=1)
+    again = load_or_make_folds(tmp_path / "folds.csv", ids, events, n_folds=5, seed=99)
     pd.testing.assert_frame_equal(written, again)
     with pytest.raises(ValueError, match="p50"):
-        load_or_make_folds(tmp_path / "folds.csv", ids + ["p50"], np.append(events, 1))
+        load_or_make_folds(tmp_path / "folds.csv", ids + ["p50"], np.append(events, 1), n_folds=5, seed=1)
 
 
 def test_sparra_run_writes_every_fold_and_is_deterministic(compose_config, tmp_path):

@@ -21,7 +21,7 @@ import pandas as pd
 from sksurv.util import Surv
 
 from radiopath.layout import RunFolder, is_vector_column
-from radiopath.training.folds import make_folds
+from radiopath.folds import make_folds
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def stratified_folds(survival: pd.DataFrame, *, n_folds: int, seed: int) -> pd.S
     """case_id -> fold for a table indexed by case_id: the folds training would make for these patients.
 
     Stratified on ``os_event`` and reproducible from ``seed``
-    (:func:`radiopath.training.folds.make_folds`).
+    (:func:`radiopath.folds.make_folds`).
     """
     folds = make_folds(list(survival.index), survival["os_event"].to_numpy(), n_folds=n_folds, seed=seed)
     return pd.Series(folds["fold"].to_numpy(), index=survival.index, name="fold")

@@ -3,8 +3,8 @@
 ``RUN/folds.csv`` (``case_id, fold``) is the contract: the first run of a comparison
 writes it, later runs read it, so Mean, ABMIL and SPARRA (and the survival stage)
 see exactly the same test patients. It is created once and never overwritten, also
-when several fold jobs of one run start at the same time. The survival stage splits a
-feature table without a run by the same :func:`make_folds`.
+when several fold jobs of one run start at the same time. The folds themselves are
+:func:`radiopath.folds.make_folds`.
 """
 
 from __future__ import annotations
@@ -15,37 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedKFold
 
+from radiopath.folds import make_folds
 from radiopath.io import TEMP_PREFIX, atomic_write_csv
 
 
-def make_folds(case_ids: list[str], events: np.ndarray, n_folds: int = 5, seed: int = 0) -> pd.DataFrame:
-    """Disjoint folds stratified on the event indicator: ``case_id, fold``.
-
-    Every patient is in exactly one test fold. Stratification keeps the share of
-    events similar across folds, so no test fold is left without deaths when the
-    cohort has at least ``n_folds`` of them.
-    """
-    events = np.asarray(events, dtype=int)
-    if len(case_ids) < n_folds:
-        raise ValueError(f"{len(case_ids)} patients cannot make {n_folds} folds")
-    # StratifiedKFold needs every class n_folds times; otherwise fall back to plain shuffling.
-    counts = np.bincount(events, minlength=2)
-    if counts.min() >= n_folds:
-        splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-        splits = splitter.split(np.zeros(len(events)), events)
-    else:
-        order = np.random.default_rng(seed).permutation(len(case_ids))
-        splits = ((None, part) for part in np.array_split(order, n_folds))
-    fold = np.empty(len(case_ids), dtype=int)
-    for k, (_, test) in enumerate(splits):
-        fold[test] = k
-    return pd.DataFrame({"case_id": list(case_ids), "fold": fold})
-
-
-def load_or_make_folds(path: str | Path, case_ids: list[str], events: np.ndarray, n_folds: int = 5,
-                       seed: int = 0) -> pd.DataFrame:
+def load_or_make_folds(path: str | Path, case_ids: list[str], events: np.ndarray, *, n_folds: int,
+                       seed: int) -> pd.DataFrame:
     """Read ``folds.csv`` when it exists, else make folds and write them there.
 
     An existing file must cover exactly ``case_ids``: a cohort that changed since
@@ -54,7 +30,7 @@ def load_or_make_folds(path: str | Path, case_ids: list[str], events: np.ndarray
     """
     path = Path(path)
     if not path.is_file():
-        folds = make_folds(case_ids, events, n_folds, seed)
+        folds = make_folds(case_ids, events, n_folds=n_folds, seed=seed)
         if create_once(folds, path):
             return folds
     folds = pd.read_csv(path, dtype={"case_id": str})

@@ -244,7 +244,7 @@ def run_training(cfg: DictConfig) -> RunSummary:
 
     write_run_config(cfg, run_folder.config)
     folds = load_or_make_folds(run_folder.folds, cohort.case_ids, cohort.events,
-                               cfg.folds.n_folds, cfg.folds.seed)
+                               n_folds=cfg.folds.n_folds, seed=cfg.folds.seed)
     record.input(run_folder.folds, "folds")
     selected = folds_to_train(cfg, folds)
     start = time.perf_counter()

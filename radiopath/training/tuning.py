@@ -1,7 +1,7 @@
 """Hyperparameter search inside one outer fold's training patients (``tune`` in ``conf/train.yaml``).
 
 The training patients of an outer fold are split into ``tune.inner_folds``
-patient-level folds stratified on the event (:func:`~radiopath.training.folds.make_folds`).
+patient-level folds stratified on the event (:func:`~radiopath.folds.make_folds`).
 Every point of ``tune.grid`` is trained on each inner-training part and scored on
 the inner-validation part; the point with the best mean score wins (ties: the first
 in grid order) and the outer fold is then trained on its whole training part with it.
@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from radiopath.errors import ConfigError
 from radiopath.models import AGGREGATORS, check_model_config
 from radiopath.training.cohort import Patient
-from radiopath.training.folds import make_folds
+from radiopath.folds import make_folds
 from radiopath.training.scaling import NodeScaler
 from radiopath.training.trainer import TrainSettings
 
@@ -123,7 +123,7 @@ def search(grid: dict[str, list], patients: list[Patient], score: Score, *, inne
     point is chosen with a warning.
     """
     inner = make_folds([p.case_id for p in patients], np.array([p.event for p in patients]),
-                       inner_folds, seed)["fold"].to_numpy()
+                       n_folds=inner_folds, seed=seed)["fold"].to_numpy()
     parts = [([p for p, f in zip(patients, inner) if f != j], [p for p, f in zip(patients, inner) if f == j])
              for j in range(inner_folds)]
     points = grid_points(grid)
