@@ -5,7 +5,9 @@ use it, so a file moved or a column renamed here moves everywhere.
 
 Feature store (``encode``)
     ``{features_dir}/{modality}/{encoder}/{case_id}.pt``, ``encoder`` from
-    :func:`encoder_dirname` (``timm:vit_small`` -> ``timm-vit_small``).
+    :func:`encoder_dirname` (``timm:vit_small`` -> ``timm-vit_small``); slide features
+    written with ``encode.format=h5`` are ``{case_id}.h5`` there instead (:func:`bag_path`,
+    an HDF5 bag in the CLAM/Trident layout). A case has one of the two (:func:`stored_features`).
 Graph store (``build_graphs``)
     ``{graph_dir}/{modality}/{case_id}.pt``.
 Training run folder (``train``, read by ``survival`` and ``report``), :class:`RunFolder`
@@ -15,6 +17,9 @@ Training run folder (``train``, read by ``survival`` and ``report``), :class:`Ru
 Survival folder (``survival``, read by ``report``), :class:`SurvivalFolder`
     ``metrics.csv``, ``summary.csv``, ``predictions.csv``, ``settings.json``,
     ``logrank.csv``, ``km_{model}.png``, ``folds.csv`` when the folds were made there.
+Export folder (``export``, default ``RUN/export/``), :class:`ExportFolder`
+    ``fold{k}/{case_id}/``: ``{slide}.geojson``, ``{slide}.png``, ``{ct}_importance.nii.gz``,
+    ``export.json`` (written last).
 Every stage's output folder
     ``run_record.json`` (:mod:`radiopath.repro`) and ``failures.csv``; a job that
     does one shard or some folds of a stage writes its own copies (:func:`part_filename`).
@@ -53,9 +58,28 @@ def features_path(root: str | Path, modality: str, encoder: str, case_id: str) -
     return features_dir(root, modality, encoder) / f"{case_id}.pt"
 
 
+def bag_path(root: str | Path, modality: str, encoder: str, case_id: str) -> Path:
+    """Where the features of one case, modality and encoder live as an HDF5 bag (``encode.format=h5``)."""
+    return features_dir(root, modality, encoder) / f"{case_id}.h5"
+
+
+def feature_file(root: str | Path, modality: str, encoder: str, case_id: str, *, format: str) -> Path:
+    """The feature file of one case in ``format`` (one of :data:`FEATURE_FORMATS`)."""
+    return FEATURE_FORMATS[format](root, modality, encoder, case_id)
+
+
+def stored_features(root: str | Path, modality: str, encoder: str, case_id: str) -> Path | None:
+    """The case's feature file that exists (``.pt`` or ``.h5``), None when neither does."""
+    return next((path for make in FEATURE_FORMATS.values()
+                 if (path := make(root, modality, encoder, case_id)).is_file()), None)
+
+
 def graph_path(graph_dir: str | Path, modality: str, case_id: str) -> Path:
     """Where one case's graph of one modality lives."""
     return Path(graph_dir) / modality / f"{case_id}.pt"
+
+
+FEATURE_FORMATS = {"pt": features_path, "h5": bag_path}
 
 
 # --- names of a job's own files ---------------------------------------------------------------
@@ -177,3 +201,15 @@ class SurvivalFolder(_Folder):
 
     def km_figure(self, model: str) -> Path:
         return self.root / f"km_{model}.png"
+
+
+class ExportFolder(_Folder):
+    """The overlays of ``python -m radiopath.export`` (default ``RUN/export/``)."""
+
+    def case(self, fold: int, case_id: str) -> Path:
+        """Every file exported for one test patient: ``fold{k}/{case_id}/``."""
+        return self.root / f"fold{fold}" / case_id
+
+    def done(self, fold: int, case_id: str) -> Path:
+        """``export.json``, written last: the files and their inputs; marks the patient finished."""
+        return self.case(fold, case_id) / "export.json"

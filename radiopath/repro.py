@@ -65,7 +65,7 @@ PACKAGES = {
     "omegaconf": "omegaconf",
 }
 LABEL_COLUMNS = ("malignant", "high_grade", "aggressive", "isup_grade", "sex")
-IMAGE_COLUMNS = ("ct", "mask", "wsi")
+IMAGE_COLUMNS = ("ct", "mask", "wsi", "pathology_features")
 HASH_CHUNK = 1 << 20
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import torch
 
+from radiopath.encoders.bags import load_features, write_bag
 from radiopath.encoders.features import PatchFeatures
-from radiopath.layout import features_path
+from radiopath.layout import bag_path, features_path
 
 
 def test_round_trip_loads_with_weights_only(tmp_path):
@@ -41,3 +42,18 @@ def test_units_and_checks_come_from_the_modality_table():
     assert ct.coord_units == "mm" and ct.level0_mpp is None  # CT needs no slide resolution
     with pytest.raises(ValueError, match="unknown modality 'dermatology'; choose from radiology, pathology"):
         PatchFeatures("c", "dermatology", "e", np.zeros((2, 4)), np.zeros((2, 2)), (1, 1))
+
+
+def test_slide_features_round_trip_through_an_hdf5_bag(tmp_path):
+    original = PatchFeatures("c1", "pathology", "uni", np.random.default_rng(1).normal(size=(6, 4)),
+                             np.arange(12).reshape(6, 2) * 256, (256, 256), level0_mpp=0.5)
+    path = bag_path(tmp_path, "pathology", "uni", "c1")
+    write_bag(original, path, tile_size=256, tile_mpp=0.5)
+    loaded = load_features(path)
+    np.testing.assert_array_equal(loaded.features, original.features)
+    np.testing.assert_array_equal(loaded.coords, original.coords)
+    np.testing.assert_array_equal(loaded.patch_size, original.patch_size)
+    assert (loaded.case_id, loaded.modality, loaded.encoder, loaded.level0_mpp) == ("c1", "pathology", "uni", 0.5)
+    ct = PatchFeatures("c", "radiology", "e", np.zeros((2, 4)), np.zeros((2, 3)), (1, 1, 1))
+    with pytest.raises(ValueError, match="radiology features have no HDF5 bag layout"):
+        write_bag(ct, tmp_path / "c.h5", tile_size=1, tile_mpp=1.0)

@@ -333,11 +333,12 @@ def test_patch_importance_follows_the_assignment(report, tmp_path):
     config = OmegaConf.load(runs[2] / "config.yaml")
     case_id = imaged["case_id"].iloc[0]
     nodes = torch.load(runs[2] / "fold0" / "importance" / f"{case_id}.pt", weights_only=True)["pathology"].numpy()
-    patches, scores = patch_importance(config.data.graph_dir, config.data.features_dir, "pathology", case_id, nodes)
+    patches, scores = patch_importance(config.data.graph_dir, config.data.features_dir, "pathology", case_id, nodes,
+                                       manifest=None)
     graph = load_graph(graph_path(config.data.graph_dir, "pathology", case_id))
     assert np.array_equal(scores, nodes[graph.assignment.numpy()])
     with pytest.raises(ValueError, match="importance values for a graph"):
-        patch_importance(config.data.graph_dir, config.data.features_dir, "pathology", case_id, nodes[:-1])
+        patch_importance(config.data.graph_dir, config.data.features_dir, "pathology", case_id, nodes[:-1], manifest=None)
 
 
 def test_paint_averages_overlapping_boxes_and_slices_stay_in_the_tumour():

@@ -123,15 +123,44 @@ def _itk_message(error: Exception) -> str:
     return lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"
 
 
-def open_slide(path: str | Path, case_id: str) -> openslide.OpenSlide:
-    """Open a whole-slide image with OpenSlide; :class:`CaseError` when missing or unreadable."""
+class StatedResolutionSlide(openslide.OpenSlide):
+    """An OpenSlide slide whose level-0 µm per pixel is stated by the manifest (its ``mpp`` column).
+
+    ``properties`` report the stated value as ``openslide.mpp-x`` and ``mpp-y``, so every
+    reader of the slide (tissue mask, tile grid, features) uses the one resolution.
+    """
+
+    def __init__(self, path: str, *, mpp: float):
+        super().__init__(path)
+        self.stated_mpp = float(mpp)
+
+    @property
+    def properties(self) -> dict[str, str]:
+        stated = str(self.stated_mpp)
+        return {**super().properties, openslide.PROPERTY_NAME_MPP_X: stated, openslide.PROPERTY_NAME_MPP_Y: stated}
+
+
+def open_slide(path: str | Path, case_id: str, *, mpp: float | None = None) -> openslide.OpenSlide:
+    """Open a whole-slide image with OpenSlide; :class:`CaseError` when missing or unreadable.
+
+    ``mpp`` (the manifest's ``mpp`` column) overrides the µm per level-0 pixel the slide records.
+    """
     path = Path(path)
     if not path.is_file():
         raise CaseError(case_id, f"slide not found: {path}")
     try:
-        return openslide.OpenSlide(str(path))
+        return openslide.OpenSlide(str(path)) if mpp is None else StatedResolutionSlide(str(path), mpp=mpp)
     except (openslide.OpenSlideError, OSError) as error:
         raise CaseError(case_id, f"cannot open slide {path}: {error}") from error
+
+
+def recorded_mpp(slide: openslide.OpenSlide) -> float | None:
+    """Level-0 µm per pixel from ``openslide.mpp-x`` (pixels assumed square), None when not usable."""
+    try:
+        mpp = float(slide.properties.get(openslide.PROPERTY_NAME_MPP_X, "nan"))
+    except ValueError:
+        return None
+    return mpp if math.isfinite(mpp) and mpp > 0 else None
 
 
 def slide_mpp(slide: openslide.OpenSlide, case_id: str, fallback: float | None = None) -> float:
@@ -140,13 +169,10 @@ def slide_mpp(slide: openslide.OpenSlide, case_id: str, fallback: float | None =
     When the slide does not record it, ``fallback`` is returned if given, else
     :class:`CaseError` is raised.
     """
-    value = slide.properties.get(openslide.PROPERTY_NAME_MPP_X)
-    try:
-        mpp = float(value) if value is not None else math.nan
-    except ValueError:
-        mpp = math.nan
-    if math.isfinite(mpp) and mpp > 0:
+    mpp = recorded_mpp(slide)
+    if mpp is not None:
         return mpp
     if fallback is not None:
         return float(fallback)
+    value = slide.properties.get(openslide.PROPERTY_NAME_MPP_X)
     raise CaseError(case_id, f"slide records no usable openslide.mpp-x ({value!r}); set a fallback mpp")

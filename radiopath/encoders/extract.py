@@ -1,24 +1,36 @@
-"""Turn one case's images into a :class:`PatchFeatures` file's content.
+"""Turn one case's images (or its ready-made feature bag) into a :class:`PatchFeatures` file's content.
 
 CT: read CT and mask -> :func:`~radiopath.preprocess.ct.preprocess_ct` -> a
 :class:`VolumeEncoder`. WSI: open the slide -> tissue tiles at the target µm/px ->
-a :class:`TileEncoder` in batches (on the GPU when one is given).
+a :class:`TileEncoder` in batches (on the GPU when one is given). Feature bag
+(CLAM/Trident HDF5, :func:`load_bag_case`): read, checked against the slide when
+there is one, no encoding.
+
+The slide's µm per level-0 pixel comes from, in this order: the manifest's ``mpp``
+column, the slide's ``openslide.mpp-x``, a bag's attributes, ``wsi.fallback_mpp``.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from radiopath.data.readers import open_slide, read_ct, slide_mpp
+from radiopath.data.readers import open_slide, read_ct, recorded_mpp, slide_mpp
+from radiopath.data.manifest import Manifest
+from radiopath.encoders.bags import FeatureBag, check_inside, coordinate_step, load_features, read_bag
 from radiopath.encoders.base import TileEncoder, VolumeEncoder
 from radiopath.encoders.features import PatchFeatures
 from radiopath.errors import CaseError
+from radiopath.layout import features_path, stored_features
 from radiopath.modality import PATHOLOGY, RADIOLOGY
+from radiopath.modality import modality as modality_spec
 from radiopath.preprocess.ct import preprocess_ct
 from radiopath.preprocess.wsi import read_tiles, tile_grid, tissue_mask
+
+log = logging.getLogger(__name__)
 
 
 def encode_ct_case(
@@ -54,11 +66,16 @@ def encode_wsi_case(
     tiling: dict,
     batch_size: int = 32,
     device: torch.device | str = "cpu",
+    *,
+    mpp: float | None = None,
 ) -> PatchFeatures:
-    """Tile one slide's tissue and encode the tiles in batches."""
+    """Tile one slide's tissue and encode the tiles in batches.
+
+    ``mpp`` (the manifest's ``mpp`` column) overrides the slide's recorded µm per level-0 pixel.
+    """
     if wsi_path is None:
         raise CaseError(case_id, "the manifest gives no whole-slide image")
-    slide = open_slide(wsi_path, case_id)
+    slide = open_slide(wsi_path, case_id, mpp=mpp)
     try:
         level0_mpp = slide_mpp(slide, case_id, fallback=tiling.get("fallback_mpp"))
         mask, downsample = tissue_mask(slide, case_id, **tissue)
@@ -78,3 +95,78 @@ def encode_wsi_case(
         patch_size=(grid.tile_size_level0, grid.tile_size_level0),
         level0_mpp=level0_mpp,
     )
+
+
+def load_bag_case(
+    case_id: str,
+    bag_path: Path,
+    *,
+    wsi_path: Path | None,
+    mpp: float | None,
+    fallback_mpp: float | None,
+) -> PatchFeatures:
+    """One case's patch features from its CLAM/Trident bag, without encoding.
+
+    The slide (``wsi_path``), where given, supplies its resolution, its size (every
+    patch must start on it) and, for CLAM's ``patch_level``, its level downsamples.
+    ``mpp`` is the manifest's ``mpp`` column and ``fallback_mpp`` ``wsi.fallback_mpp``.
+    Raises :class:`CaseError` naming the case and the bag when the bag is unusable
+    or no resolution is known.
+    """
+    bag = read_bag(bag_path, case_id=case_id)
+    slide_size, slide_recorded, downsamples = bag.level0_size, None, None
+    if wsi_path is not None:
+        slide = open_slide(wsi_path, case_id)
+        try:
+            slide_size, slide_recorded, downsamples = slide.dimensions, recorded_mpp(slide), slide.level_downsamples
+        finally:
+            slide.close()
+    if slide_size is not None:
+        check_inside(bag, case_id=case_id, size=slide_size)
+    level0_mpp = next((value for value in (mpp, slide_recorded, bag.level0_mpp, fallback_mpp) if value is not None),
+                      None)
+    if level0_mpp is None:
+        raise CaseError(case_id, f"feature bag {bag_path} does not say its µm per pixel (no level0_mpp or "
+                                 "level0_magnification attribute), and there is no slide that does, no mpp column "
+                                 "and no wsi.fallback_mpp")
+    size = _patch_size(case_id, bag, downsamples)
+    return PatchFeatures(case_id=case_id, modality=PATHOLOGY.name, encoder=bag.encoder, features=bag.features,
+                         coords=bag.coords, patch_size=(size, size), level0_mpp=float(level0_mpp))
+
+
+def _patch_size(case_id: str, bag: FeatureBag, downsamples: tuple[float, ...] | None) -> float:
+    """The bag's patch side in level-0 pixels; the coordinate grid's step where no attribute says it.
+
+    CLAM's feature bags record no patch size. Patches of a grid are a step apart (less
+    with overlap, which then only shifts every centre alike and leaves the graph as it is).
+    """
+    size = bag.patch_size_level0(level_downsamples=downsamples)
+    if size is not None:
+        return size
+    step = coordinate_step(bag.coords)
+    if step is None:
+        raise CaseError(case_id, f"feature bag {bag.path} records no patch size (patch_size_level0, or patch_size "
+                                 "with downsample, magnifications or patch_level) and has one patch only")
+    log.warning("case %s: feature bag %s records no patch size; using its coordinate step, %g level-0 px",
+                case_id, bag.path, step)
+    return step
+
+
+def case_features(case_id: str, modality: str, *, features_dir: str | Path, encoder: str,
+                  manifest: Manifest | None, fallback_mpp: float | None) -> PatchFeatures:
+    """A case's patch features as the graph builder reads them.
+
+    The manifest's feature bag where the case's row gives one (``pathology_features``),
+    else the feature store's file of ``encoder`` (``.pt`` or ``.h5``). Raises
+    :class:`CaseError` when there is neither.
+    """
+    spec = modality_spec(modality)
+    if manifest is not None and spec.bag_column is not None and manifest.has(case_id, spec.bag_column):
+        return load_bag_case(case_id, manifest.image_path(case_id, spec.bag_column),
+                             wsi_path=manifest.image_path(case_id, spec.image_column),
+                             mpp=manifest.mpp(case_id), fallback_mpp=fallback_mpp)
+    source = stored_features(features_dir, modality, encoder, case_id)
+    if source is None:
+        expected = features_path(features_dir, modality, encoder, case_id)
+        raise CaseError(case_id, f"no {modality} patch features ({expected}): encoding failed or was skipped")
+    return load_features(source)

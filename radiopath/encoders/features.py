@@ -20,6 +20,11 @@ is needed) comes from :mod:`radiopath.modality`:
 ``modality``,
 ``encoder``
 ============== ===============================================================
+
+Slide features can also be stored as an HDF5 bag in the CLAM/Trident layout
+(``{case_id}.h5`` beside, ``encode.format=h5``): :mod:`radiopath.encoders.bags`
+reads and writes those, and :func:`radiopath.encoders.bags.load_features` reads
+either kind of file.
 """
 
 from __future__ import annotations
@@ -59,7 +64,7 @@ class PatchFeatures:
             )
         if spec.needs_mpp and not (self.level0_mpp and self.level0_mpp > 0):
             raise ValueError(f"case {self.case_id!r}: {self.modality} features need the slide's level0_mpp")
-        if not _all_finite(self.features):
+        if not all_finite(self.features):
             raise ValueError(f"case {self.case_id!r}: {self.modality} features contain NaN or inf")
 
     @property
@@ -99,6 +104,6 @@ class PatchFeatures:
         )
 
 
-def _all_finite(values: np.ndarray, rows: int = 8192) -> bool:
+def all_finite(values: np.ndarray, rows: int = 8192) -> bool:
     """``np.isfinite(values).all()`` a block of rows at a time (no full-size bool temporary)."""
     return all(np.isfinite(values[start:start + rows]).all() for start in range(0, len(values), rows))

@@ -2,9 +2,12 @@
 
 Reads the cohort manifest (``data.manifest``), preprocesses each case's CT and
 slide, and writes ``{data.features_dir}/{modality}/{encoder}/{case_id}.pt`` (see
-:mod:`radiopath.encoders.features`, paths in :mod:`radiopath.layout`). Finished
-cases are skipped on a rerun (``overwrite=true`` redoes them); failed cases are
-listed in ``failures.csv`` beside the features.
+:mod:`radiopath.encoders.features`, paths in :mod:`radiopath.layout`), or for slides
+with ``encode.format=h5`` a CLAM/Trident HDF5 bag ``{case_id}.h5``
+(:mod:`radiopath.encoders.bags`). Finished cases are skipped on a rerun, whatever
+format they were written in (``overwrite=true`` redoes them); so are cases whose
+manifest row brings its own bag (``pathology_features``). Failed cases are listed
+in ``failures.csv`` beside the features.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ from omegaconf import DictConfig, OmegaConf
 from radiopath.config import resolve_device
 from radiopath.data.manifest import Manifest, load_manifest
 from radiopath.encoders import ENCODERS
+from radiopath.encoders.bags import write_bag
 from radiopath.encoders.checkpoints import checkpoint_unpickling
 from radiopath.encoders.extract import encode_ct_case, encode_wsi_case
 from radiopath.entry import StageResult
-from radiopath.layout import FAILURES_NAME, features_dir, features_path, part_filename
+from radiopath.errors import check_choice
+from radiopath.layout import FAILURES_NAME, FEATURE_FORMATS, feature_file, features_dir, part_filename, stored_features
 from radiopath.modality import RADIOLOGY, modality
 from radiopath.repro import active
 from radiopath.runner import RunSummary, run_cases
@@ -37,7 +42,20 @@ def _case_encoder(cfg: DictConfig, manifest: Manifest, name: str, encoder, devic
     tiling = OmegaConf.to_container(cfg.wsi.tiling, resolve=True)
     batch_size = cfg.encoder[name].batch_size
     return lambda case_id: encode_wsi_case(case_id, manifest.image_path(case_id, "wsi"), encoder, tissue, tiling,
-                                           batch_size, device)
+                                           batch_size, device, mpp=manifest.mpp(case_id))
+
+
+def _writer(cfg: DictConfig, fmt: str):
+    """``write(patches, path)`` in the configured format."""
+    if fmt == "h5":
+        tiling = cfg.wsi.tiling
+        return lambda patches, path: write_bag(patches, path, tile_size=tiling.tile_size, tile_mpp=tiling.mpp)
+    return lambda patches, path: patches.save(path)
+
+
+def _feature_format(cfg: DictConfig, name: str) -> str:
+    """The format modality ``name``'s features are written in: ``encode.format`` for slides, ``pt`` for CT."""
+    return cfg.encode.format if modality(name).bag_column else "pt"
 
 
 def encode_modality(cfg: DictConfig, manifest: Manifest, name: str) -> RunSummary:
@@ -50,18 +68,24 @@ def encode_modality(cfg: DictConfig, manifest: Manifest, name: str) -> RunSummar
         record.parameters(f"encoder.{name} ({encoder_cfg.name})", encoder)
         record.weights(encoder_cfg.checkpoint, source=f"encoder.{name}.checkpoint ({encoder_cfg.name})")
     encode_case = _case_encoder(cfg, manifest, name, encoder, resolve_device(cfg.device))
-    root = cfg.data.features_dir
+    root, fmt, bag_column = cfg.data.features_dir, _feature_format(cfg, name), modality(name).bag_column
+    write = _writer(cfg, fmt)
 
-    def output(case_id: str) -> Path:
-        return features_path(root, name, encoder_cfg.name, case_id)
+    def process(case_id: str) -> None:
+        write(encode_case(case_id), feature_file(root, name, encoder_cfg.name, case_id, format=fmt))
+        for other in FEATURE_FORMATS.keys() - {fmt}:  # one file per case: a stale one must not be read instead
+            feature_file(root, name, encoder_cfg.name, case_id, format=other).unlink(missing_ok=True)
 
+    # A case whose row brings its bag is never encoded, not even with overwrite=true.
+    with_bag = [c for c in manifest.case_ids if bag_column is not None and manifest.has(c, bag_column)]
     summary = run_cases(
         f"encode {name} ({encoder_cfg.name})",
-        manifest.case_ids,
-        lambda case_id: encode_case(case_id).save(output(case_id)),
-        is_done=lambda case_id: output(case_id).is_file(),
+        [c for c in manifest.case_ids if c not in with_bag],
+        process,
+        is_done=lambda case_id: stored_features(root, name, encoder_cfg.name, case_id) is not None,
         overwrite=cfg.overwrite,
     )
+    summary.skipped += with_bag
     summary.add_failures(manifest.problems)
     failures = part_filename(FAILURES_NAME, shard=cfg.shard, num_shards=cfg.num_shards)
     summary.write_failures(features_dir(root, name, encoder_cfg.name) / failures)
@@ -71,7 +95,7 @@ def encode_modality(cfg: DictConfig, manifest: Manifest, name: str) -> RunSummar
 
 def load_modality_manifest(cfg: DictConfig, name: str) -> Manifest:
     """The manifest rows (of this job's shard) that carry modality ``name``'s images."""
-    manifest = load_manifest(cfg.data.manifest, required=modality(name).image_columns,
+    manifest = load_manifest(cfg.data.manifest, required=modality(name).required_columns,
                              allow_outside=cfg.data.get("allow_outside_paths", False))
     manifest = manifest.select_shard(cfg.shard, cfg.num_shards)
     active().cohort(manifest)
@@ -79,7 +103,8 @@ def load_modality_manifest(cfg: DictConfig, name: str) -> Manifest:
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Fail before any case is read: every modality known, every encoder registered."""
+    """Fail before any case is read: every modality known, every encoder registered, a known format."""
+    check_choice("encode.format", cfg.encode.format, tuple(FEATURE_FORMATS))
     for name in cfg.modalities:
         modality(name)
         ENCODERS.get(cfg.encoder[name].name)

@@ -3,7 +3,10 @@
 Runs the encode stage's per-modality loop for cases whose patch features are
 missing, then clusters each case's patches in space and feature space and connects
 the clusters (:mod:`radiopath.graphs.build`), writing
-``{output_dir}/{modality}/{case_id}.pt`` (:mod:`radiopath.layout`). Finished graphs
+``{output_dir}/{modality}/{case_id}.pt`` (:mod:`radiopath.layout`). A case whose
+manifest row gives a feature bag (``pathology_features``, CLAM/Trident HDF5) is built
+straight from it (:func:`radiopath.encoders.extract.load_bag_case`); the others from
+the feature store (``.pt`` or ``.h5``). Finished graphs
 are skipped on a rerun (``overwrite=true`` rebuilds them); a failed case is reported
 in ``failures.csv`` and the exit status, the others go on.
 """
@@ -16,29 +19,35 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from radiopath.data.manifest import Manifest
+from radiopath.encoders.extract import case_features
 from radiopath.encoders.features import PatchFeatures
 from radiopath.encoders.stage import check_config as check_encode_config
 from radiopath.encoders.stage import encode_modality, load_modality_manifest
 from radiopath.entry import StageResult
-from radiopath.errors import CaseError
 from radiopath.graphs.build import build_graph
 from radiopath.graphs.io import load_graph, save_graph
-from radiopath.layout import FAILURES_NAME, features_path, graph_path, part_filename
+from radiopath.layout import FAILURES_NAME, graph_path, part_filename
 from radiopath.repro import active
 from radiopath.runner import RunSummary, run_cases
 
 
-def build_modality_graphs(cfg: DictConfig, case_ids: list[str], modality: str) -> RunSummary:
-    """Build the graphs of one modality from its patch-feature files."""
+def case_patches(cfg: DictConfig, manifest: Manifest | None, modality: str, case_id: str) -> PatchFeatures:
+    """The case's patch features: its manifest's feature bag where the row gives one, else the feature store's file."""
+    return case_features(case_id, modality, features_dir=cfg.data.features_dir, encoder=cfg.encoder[modality].name,
+                         manifest=manifest, fallback_mpp=cfg.wsi.fallback_mpp)
+
+
+def build_modality_graphs(cfg: DictConfig, case_ids: list[str], modality: str, *,
+                          manifest: Manifest | None = None) -> RunSummary:
+    """Build the graphs of one modality from its patch features (the manifest's bags where it gives them)."""
     params = OmegaConf.to_container(cfg.graph[modality])
     if cfg.graph_threads:
         torch.set_num_threads(int(cfg.graph_threads))
 
     def process(case_id: str) -> None:
-        source = features_path(cfg.data.features_dir, modality, cfg.encoder[modality].name, case_id)
-        if not source.is_file():
-            raise CaseError(case_id, f"no {modality} patch features ({source}): encoding failed or was skipped")
-        save_graph(build_graph(PatchFeatures.load(source), **params), graph_path(cfg.output_dir, modality, case_id))
+        patches = case_patches(cfg, manifest, modality, case_id)
+        save_graph(build_graph(patches, **params), graph_path(cfg.output_dir, modality, case_id))
 
     summary = run_cases(
         f"graphs {modality}",
@@ -74,7 +83,8 @@ def run(cfg: DictConfig) -> StageResult:
         manifest = load_modality_manifest(cfg, modality)
         encoded = encode_modality(cfg, manifest, modality)
         failed = {case_id for case_id, _ in encoded.failed}
-        built = build_modality_graphs(cfg, [c for c in manifest.case_ids if c not in failed], modality)
+        built = build_modality_graphs(cfg, [c for c in manifest.case_ids if c not in failed], modality,
+                                      manifest=manifest)
         summaries += [encoded, built]
         done = [c for c in manifest.case_ids if graph_path(cfg.output_dir, modality, c).is_file()]
         statistics.append(graph_statistics(cfg.output_dir, modality, done))

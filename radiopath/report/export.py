@@ -41,9 +41,9 @@ from radiopath.data.manifest import Manifest, load_manifest
 from radiopath.data.readers import CT_SUFFIXES, open_slide, read_ct
 from radiopath.encoders.features import PatchFeatures
 from radiopath.entry import StageResult
-from radiopath.errors import CaseError, ConfigError, check_choice, check_int, check_number
+from radiopath.errors import CaseError, ConfigError, ManifestError, check_choice, check_int, check_number
 from radiopath.io import atomic_path, atomic_save_figure, atomic_write_text
-from radiopath.layout import FAILURES_NAME, RECORD_NAME, RunFolder
+from radiopath.layout import FAILURES_NAME, RECORD_NAME, ExportFolder, RunFolder
 from radiopath.modality import PATHOLOGY, RADIOLOGY
 from radiopath.modality import modality as modality_spec
 from radiopath.report.overlays import load_importance, paint, patch_nodes
@@ -54,15 +54,9 @@ from radiopath.runner import run_cases
 # QuPath's GeoJSON reader (qupath-core, qupath.lib.io.PathObjectTypeAdapters) knows these objectType values;
 # another value, or none, imports as an annotation.
 OBJECT_TYPES = ("tile", "detection", "annotation")
-DONE_NAME = "export.json"
 
 
 # --------------------------------------------------------------------------- where things go
-
-
-def case_folder(output: str | Path, fold: int, case_id: str) -> Path:
-    """``{output}/fold{k}/{case_id}/``: every file exported for one patient."""
-    return Path(output) / f"fold{fold}" / case_id
 
 
 def image_stem(path: Path) -> str:
@@ -162,19 +156,25 @@ def export_slide(case_id: str, patches: PatchFeatures, node_of_patch: np.ndarray
 # --------------------------------------------------------------------------- CT: NIfTI importance map
 
 
-def importance_volume(case_id: str, image: sitk.Image, patches: PatchFeatures, scores: np.ndarray, *,
+def check_patches_in_ct(case_id: str, patches: PatchFeatures, ct_path: Path, image: sitk.Image) -> None:
+    """:class:`CaseError` when CT patch centres fall off the CT's grid: features and CT are not one frame."""
+    lo, extent = ct_boxes(image, patches.coords, patches.patch_size)
+    centres = lo + extent / 2
+    outside = int((~((centres >= 0) & (centres < image.GetSize())).all(axis=1)).sum())
+    if outside:
+        raise CaseError(case_id, f"{outside} of {len(centres)} CT patch centres fall outside the CT {ct_path} "
+                                 f"({'x'.join(map(str, image.GetSize()))} voxels): the patch features were not "
+                                 "made from this CT")
+
+
+def importance_volume(image: sitk.Image, patches: PatchFeatures, scores: np.ndarray, *,
                       background: float) -> sitk.Image:
     """A float32 image on ``image``'s grid: each patch's box holds its score (mean where boxes overlap)."""
     lo, extent = ct_boxes(image, patches.coords, patches.patch_size)
     size = np.array(image.GetSize())
-    centres = lo + extent / 2
-    outside = int((~((centres >= 0) & (centres < size)).all(axis=1)).sum())
-    if outside:
-        raise CaseError(case_id, f"{outside} of {len(centres)} CT patch centres fall outside the CT grid: the "
-                                 "patch features were not made from this CT")
     hi = lo + extent
-    # paint only the patches' bounding box (plus a voxel of rounding): a full-size float64 sum of a
-    # 512 x 512 x 300 CT would take 0.6 GB twice
+    # paint only the patches' bounding box (two voxels wider for paint's rounding): a full-size float64
+    # sum and count of a 512 x 512 x 300 CT would take 0.6 GB each
     first = np.clip(np.floor(lo.min(axis=0)).astype(int), 0, size)
     last = np.clip(np.ceil(hi.max(axis=0)).astype(int) + 2, 0, size)
     region = paint(tuple((last - first)[::-1]), lo - first, hi - first, scores)
@@ -190,8 +190,9 @@ def export_volume(case_id: str, patches: PatchFeatures, node_of_patch: np.ndarra
                   manifest: Manifest, folder: Path, cfg) -> dict[str, str]:
     """The CT's importance map as NIfTI on the CT's grid; role -> file written."""
     ct_path = _image(manifest, case_id, RADIOLOGY.image_column)
-    volume = importance_volume(case_id, read_ct(ct_path, case_id), patches, scores,
-                               background=float(cfg.nifti.background))
+    image = read_ct(ct_path, case_id)
+    check_patches_in_ct(case_id, patches, ct_path, image)
+    volume = importance_volume(image, patches, scores, background=float(cfg.nifti.background))
     target = folder / f"{image_stem(ct_path)}_importance.nii.gz"
     with atomic_path(target) as tmp:  # SimpleITK picks NIfTI from the name, which the temporary file keeps
         sitk.WriteImage(volume, str(tmp), useCompression=True)
@@ -224,11 +225,12 @@ def export_case(case_id: str, *, fold: int, run: RunFolder, data, manifest: Mani
         importance = load_importance(importance_path)
     except Exception as error:  # noqa: BLE001 - any damage to the file is this case's problem
         raise CaseError(case_id, f"cannot read {importance_path}: {type(error).__name__}: {error}") from error
-    folder = case_folder(cfg.output, fold, case_id)
+    folder = ExportFolder(cfg.output).case(fold, case_id)
     written = {}
     for modality, nodes in importance.items():
         try:
-            patches, node_of_patch = patch_nodes(data.graph_dir, data.features_dir, modality, case_id, nodes)
+            patches, node_of_patch = patch_nodes(data.graph_dir, data.features_dir, modality, case_id, nodes,
+                                                 manifest=manifest)
         except (OSError, ValueError, KeyError, RuntimeError) as error:
             raise CaseError(case_id, f"{modality}: {importance_path} does not map onto the case's graph and "
                                      f"patches in {data.graph_dir}: {type(error).__name__}: {error}") from error
@@ -237,10 +239,10 @@ def export_case(case_id: str, *, fold: int, run: RunFolder, data, manifest: Mani
                                                                       nodes[node_of_patch], manifest, folder, cfg)
         except OSError as error:  # io names the file it could not write (read-only folder, full disk)
             raise CaseError(case_id, error.strerror or str(error)) from error
-    record = {"case_id": case_id, "fold": fold, "importance": str(importance_path), "files": written,
-              "object_type": cfg.geojson.object_type}
+    done = {"case_id": case_id, "fold": fold, "importance": str(importance_path), "files": written,
+            "object_type": cfg.geojson.object_type}
     try:
-        atomic_write_text(json.dumps(record, indent=2), folder / DONE_NAME)
+        atomic_write_text(json.dumps(done, indent=2), ExportFolder(cfg.output).done(fold, case_id))
     except OSError as error:
         raise CaseError(case_id, error.strerror or str(error)) from error
     return folder
@@ -282,7 +284,10 @@ def run(cfg) -> StageResult:
     record.input(run_folder.folds, "folds.csv")
     data = OmegaConf.load(run_folder.config).data  # cohort paths absolute: the run works from any folder
     record.input(data.manifest, "cohort manifest")
-    manifest = load_manifest(data.manifest, allow_outside=data.get("allow_outside_paths", False))
+    try:
+        manifest = load_manifest(data.manifest, allow_outside=data.get("allow_outside_paths", False))
+    except ManifestError as error:
+        raise ConfigError("run_dir", f"the cohort of {run_folder.config} cannot be read: {error}") from error
     fold_of = {case_id: int(k) for case_id, k in zip(folds["case_id"], folds["fold"])}
     cases = list(cfg.cases) if cfg.cases else list(fold_of)
     output = Path(cfg.output)
@@ -290,7 +295,7 @@ def run(cfg) -> StageResult:
         "export", cases,
         lambda case_id: export_case(case_id, fold=fold_of[case_id], run=run_folder, data=data, manifest=manifest,
                                     cfg=cfg),
-        lambda case_id: (case_folder(output, fold_of[case_id], case_id) / DONE_NAME).is_file(),
+        lambda case_id: ExportFolder(output).done(fold_of[case_id], case_id).is_file(),
         overwrite=cfg.overwrite,
     )
     summary.write_failures(output / FAILURES_NAME)

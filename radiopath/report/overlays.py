@@ -27,7 +27,8 @@ from radiopath.data.readers import open_slide, read_ct
 from radiopath.encoders.features import PatchFeatures
 from radiopath.graphs import load_graph
 from radiopath.io import atomic_save_figure
-from radiopath.layout import features_path, graph_path
+from radiopath.encoders.extract import case_features
+from radiopath.layout import graph_path
 from radiopath.modality import MODALITIES, PATHOLOGY, RADIOLOGY
 from radiopath.report.truth import TruthMask, ct_boxes
 
@@ -61,10 +62,15 @@ def load_importance(path: Path) -> dict[str, np.ndarray]:
     return {modality: values.float().numpy().reshape(-1) for modality, values in data.items()}
 
 
-def load_case_patches(graph_dir: str, features_dir: str, modality: str, case_id: str) -> tuple[Data, PatchFeatures]:
-    """The case's graph and the patch-feature file it was built from (checked to have one node per patch)."""
+def load_case_patches(graph_dir: str, features_dir: str, modality: str, case_id: str, *,
+                      manifest: Manifest | None) -> tuple[Data, PatchFeatures]:
+    """The case's graph and the patch features it was built from (checked to have one node per patch).
+
+    ``manifest``: the run's cohort, whose feature bags (``pathology_features``) some cases' graphs were built from.
+    """
     graph = load_graph(graph_path(graph_dir, modality, case_id))
-    patches = PatchFeatures.load(features_path(features_dir, modality, graph.encoder, case_id))
+    patches = case_features(case_id, modality, features_dir=features_dir, encoder=graph.encoder, manifest=manifest,
+                            fallback_mpp=None)
     if len(graph.assignment) != len(patches.coords):
         raise ValueError(f"graph assigns {len(graph.assignment)} patches but the feature file has "
                          f"{len(patches.coords)}")
@@ -72,17 +78,18 @@ def load_case_patches(graph_dir: str, features_dir: str, modality: str, case_id:
 
 
 def patch_nodes(graph_dir: str, features_dir: str, modality: str, case_id: str,
-                nodes: np.ndarray) -> tuple[PatchFeatures, np.ndarray]:
+                nodes: np.ndarray, *, manifest: Manifest | None) -> tuple[PatchFeatures, np.ndarray]:
     """The case's patches and the graph node of each, checked to fit one importance value per node."""
-    graph, patches = load_case_patches(graph_dir, features_dir, modality, case_id)
+    graph, patches = load_case_patches(graph_dir, features_dir, modality, case_id, manifest=manifest)
     if len(nodes) != graph.num_nodes:
         raise ValueError(f"{len(nodes)} importance values for a graph of {graph.num_nodes} nodes")
     return patches, graph.assignment.numpy()
 
 
-def patch_importance(graph_dir: str, features_dir: str, modality: str, case_id: str, nodes: np.ndarray):
+def patch_importance(graph_dir: str, features_dir: str, modality: str, case_id: str, nodes: np.ndarray, *,
+                     manifest: Manifest | None):
     """The case's patches (:class:`PatchFeatures`) and each patch's importance (its node's value)."""
-    patches, node_of_patch = patch_nodes(graph_dir, features_dir, modality, case_id, nodes)
+    patches, node_of_patch = patch_nodes(graph_dir, features_dir, modality, case_id, nodes, manifest=manifest)
     return patches, nodes[node_of_patch]
 
 

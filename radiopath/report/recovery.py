@@ -59,7 +59,7 @@ class NodeTruthSource:
         key = (str(graph_path(graph_dir, modality, case_id)), str(features_dir))
         if key not in self._nodes:
             mask = self.mask(case_id, modality)
-            graph, patches = load_case_patches(graph_dir, features_dir, modality, case_id)
+            graph, patches = load_case_patches(graph_dir, features_dir, modality, case_id, manifest=self.manifest)
             self._nodes[key] = node_truth(case_id, patch_fractions(mask, patches), graph.assignment.numpy(),
                                           graph.num_nodes, self.planted_fraction)
         return self._nodes[key]

@@ -213,7 +213,7 @@ def overlay_section(runs: list[Run], slugs: list[str], figures: Path, cfg, manif
             for modality, nodes in importance.items():
                 try:
                     patches, scores = overlays.patch_importance(data.graph_dir, data.features_dir, modality,
-                                                                case_id, nodes)
+                                                                case_id, nodes, manifest=_manifest(run, manifests))
                     truth = _patch_truth(source, case_id, modality, data, problems, run.label)
                     title = f"{case_id}: {run.label}, {modality}"
                     path = overlays.DRAW[modality](_manifest(run, manifests), case_id, patches, scores, o, title,
