@@ -140,6 +140,21 @@ def test_sparra_modality_normalisation(patients):
                                    torch.ones(g.num_graphs))
 
 
+def test_sparra_size_weights_are_per_node_of_the_graph_not_shares(patients):
+    # weight_norm="size" keeps amount: each pooled node's weight is divided by its graph's size,
+    # not by the patient's total, so a one-graph patient's weights are the shares times total/size
+    batch = collate_patients(patients)
+    shares, sizes = sparra(ratio=1.0)(batch), sparra(ratio=1.0, weight_norm="size")(batch)
+    for m, patient in (("pathology", 1), ("radiology", 2)):
+        g = batch.graphs[m]
+        nodes = g.patient[g.batch] == patient
+        per_node = sizes.node_importance[m][nodes]
+        assert per_node.sum() != pytest.approx(1.0)
+        torch.testing.assert_close(per_node / per_node.sum(), shares.node_importance[m][nodes])
+        torch.testing.assert_close(per_node * int(nodes.sum()), shares.node_importance[m][nodes]
+                                   * (per_node * int(nodes.sum())).sum())
+
+
 def test_sparra_missing_modality_gives_zero_block(patients):
     model = sparra()
     out = model(collate_patients(patients))

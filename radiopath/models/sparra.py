@@ -40,7 +40,11 @@ subscript, :math:`\hat v = v_r^{-1} / \|v_r^{-1}\|_1`. We default to the first r
 ``weight_norm="patient"``: :math:`G(i)` is all pooled nodes of the patient, every
 modality together, so the weights sum to one per patient and a modality's block is
 scaled by the share of importance its nodes carry. ``weight_norm="modality"`` takes the
-second: weights sum to one per patient and modality. A patient without modality m has a
+second: weights sum to one per patient and modality. Both make the readout a weighted
+*mean*, which cannot tell one abnormal region from four; ``weight_norm="size"`` (not in the
+paper) divides :math:`\beta_{v,i}/\alpha_{v,i}` by the number of nodes of node i's graph
+instead, so the block is a sum per node of the graph and grows with the amount of tissue
+the weights pick out. A patient without modality m has a
 zero block for m (node features are standardised on the training fold, so zero is the
 training mean of the input; here it is simply "no evidence").
 
@@ -90,7 +94,7 @@ from radiopath.models.pooling import TopKNodePooling
 from radiopath.models.registry import AGGREGATORS
 from radiopath.models.variational import expected_normal_kl, gamma_kl, gamma_posterior
 
-WEIGHT_NORMS = ("patient", "modality")
+WEIGHT_NORMS = ("patient", "modality", "size")
 REDUCTIONS = ("mean", "sum")
 
 
@@ -163,7 +167,8 @@ class SPARRAAggregator(Aggregator):
         mu0, lambda0, alpha0, beta0: the Normal-Gamma prior (0, 1, 2, 1e-2 in the paper).
         tau_vi: weight of both variational terms (1: eq. 8 weights them by one).
         tau: precision of the Gaussian reconstruction likelihood (1e-3, eq. 6).
-        weight_norm: ``"patient"`` or ``"modality"``: over which pooled nodes weights sum to one.
+        weight_norm: ``"patient"`` or ``"modality"``: over which pooled nodes weights sum to one;
+            ``"size"``: not normalised, divided by the size of the node's graph (keeps amount).
         gamma_kl: add the Gamma KL, the second term of eq. (3), to the ``kl`` term.
         reduction: ``"sum"`` (the paper: KL and reconstruction summed over each patient's pooled
             nodes, averaged over patients) or ``"mean"`` (averaged over pooled nodes, and the
@@ -221,7 +226,13 @@ class SPARRAAggregator(Aggregator):
         var = log_var.exp()
         alpha_v, beta_v = gamma_posterior(mu, var, **self.prior)
         weight = beta_v / alpha_v
-        weight = weight / weight.new_zeros(num_groups).index_add(0, group, weight)[group]
+        if self.weight_norm == "size":
+            # per node of the graph, not a share of the patient's: the readout keeps how much is abnormal
+            nodes_in_graph = torch.cat([torch.bincount(batch.graphs[m].batch, minlength=batch.graphs[m].num_graphs)
+                                        [pooled[m][2]] for m in present])
+            weight = weight / nodes_in_graph
+        else:
+            weight = weight / weight.new_zeros(num_groups).index_add(0, group, weight)[group]
 
         s = mu + var.sqrt() * torch.randn_like(mu) if self.training else mu
         blocks, importance, recon = {}, {}, h.new_zeros(())
