@@ -185,12 +185,18 @@ class TreeAPI(NamedTuple):
     model: Callable
 
 
+# a9376af's TrainSettings defaults, given to both trees so that they optimise alike; the fields
+# added since (warmup_epochs, eval_every) get the values that change nothing.
+SETTINGS = {"lr": 3e-4, "weight_decay": 1e-5, "ties": "breslow", "eval_batch_size": 64}
+NEW_SETTINGS = {"warmup_epochs": 0, "eval_every": 1}
+
+
 def tree_api() -> TreeAPI:
     """Both implementations' ways, with the same settings.
 
-    The baseline (a9376af) builds with constructor defaults, which equal
-    ``conf/model/sparra_paper.yaml`` (ABMIL: ``abmil.yaml``) and ``train.yaml``'s
-    ``training``; since the redesign those values live only in the config.
+    The baseline (a9376af) builds its models with constructor defaults, which equal
+    ``conf/model/sparra_paper.yaml`` (ABMIL: ``abmil.yaml``); since the redesign those
+    values live only in the config. Both get the training settings of :data:`SETTINGS`.
     """
     from radiopath.training.scaling import NodeScaler
     from radiopath.training.trainer import TrainSettings
@@ -201,7 +207,7 @@ def tree_api() -> TreeAPI:
     except ImportError:  # the baseline tree
         from radiopath.models import build_aggregator
 
-        return TreeAPI(NodeScaler, TrainSettings, build_aggregator)
+        return TreeAPI(NodeScaler, lambda **changes: TrainSettings(**SETTINGS, **changes), build_aggregator)
     from omegaconf import OmegaConf
 
     def conf(path: str, key: str) -> dict:
@@ -210,7 +216,7 @@ def tree_api() -> TreeAPI:
     files = {"sparra": "model/sparra_paper.yaml", "abmil": "model/abmil.yaml", "mean": "model/mean.yaml"}
     return TreeAPI(
         scaler=lambda: NodeScaler(**conf("train.yaml", "node_features")),
-        settings=lambda **changes: TrainSettings.from_config({**conf("train.yaml", "training"), **changes}),
+        settings=lambda **changes: TrainSettings.from_config({**SETTINGS, **NEW_SETTINGS, **changes}),
         model=lambda name, in_dims: AGGREGATORS.create(name, in_dims, **conf(files[name], "kwargs")),
     )
 
