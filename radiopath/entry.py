@@ -33,9 +33,9 @@ class StageResult:
     """What a stage reports back to its command.
 
     ``output`` is where its results are and ``what`` names them ("graphs",
-    "features" ...; None prints no closing line, so that stdout can be JSON); ``lines`` are printed after the run (summaries and tables,
-    which name what failed); ``failures`` go into the run record, and any makes
-    the exit status 1.
+    "features" ...; None prints no closing line, so that stdout can be JSON);
+    ``lines`` are printed after the run (summaries and tables, which name what
+    failed); ``failures`` go into the run record, and any makes the exit status 1.
     """
 
     output: Path | None

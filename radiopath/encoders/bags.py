@@ -41,7 +41,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from radiopath.encoders.features import PatchFeatures, all_finite
+from radiopath.encoders.features import PatchFeatures, all_finite, starts_outside
 from radiopath.errors import CaseError
 from radiopath.io import atomic_path
 from radiopath.modality import PATHOLOGY, modality
@@ -167,7 +167,7 @@ def check_inside(bag: FeatureBag, *, case_id: str, size: tuple[int, int]) -> Non
 
     Patches may reach past the right or bottom edge (CLAM pads edge patches), not start there.
     """
-    outside = (bag.coords[:, 0] >= size[0]) | (bag.coords[:, 1] >= size[1])
+    outside = starts_outside(bag.coords, size)
     if outside.any():
         first = bag.coords[np.argmax(outside)].astype(np.int64).tolist()
         raise CaseError(case_id, f"feature bag {bag.path}: {int(outside.sum())} of {len(bag.coords)} coords lie "

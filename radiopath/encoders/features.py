@@ -107,3 +107,12 @@ class PatchFeatures:
 def all_finite(values: np.ndarray, rows: int = 8192) -> bool:
     """``np.isfinite(values).all()`` a block of rows at a time (no full-size bool temporary)."""
     return all(np.isfinite(values[start:start + rows]).all() for start in range(0, len(values), rows))
+
+
+def starts_outside(coords: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Which patches' level-0 top-left corners ``coords`` (N, 2) lie off a ``size`` = (width, height) slide.
+
+    A patch may reach past the right or bottom edge (CLAM pads edge patches); it may not start there.
+    """
+    x, y = coords[:, 0], coords[:, 1]
+    return (x < 0) | (y < 0) | (x >= size[0]) | (y >= size[1])

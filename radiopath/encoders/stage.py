@@ -77,7 +77,7 @@ def encode_modality(cfg: DictConfig, manifest: Manifest, name: str) -> RunSummar
             feature_file(root, name, encoder_cfg.name, case_id, format=other).unlink(missing_ok=True)
 
     # A case whose row brings its bag is never encoded, not even with overwrite=true.
-    with_bag = [c for c in manifest.case_ids if bag_column is not None and manifest.has(c, bag_column)]
+    with_bag = {c for c in manifest.case_ids if bag_column is not None and manifest.has(c, bag_column)}
     summary = run_cases(
         f"encode {name} ({encoder_cfg.name})",
         [c for c in manifest.case_ids if c not in with_bag],
@@ -85,7 +85,7 @@ def encode_modality(cfg: DictConfig, manifest: Manifest, name: str) -> RunSummar
         is_done=lambda case_id: stored_features(root, name, encoder_cfg.name, case_id) is not None,
         overwrite=cfg.overwrite,
     )
-    summary.skipped += with_bag
+    summary.skipped += [c for c in manifest.case_ids if c in with_bag]
     summary.add_failures(manifest.problems)
     failures = part_filename(FAILURES_NAME, shard=cfg.shard, num_shards=cfg.num_shards)
     summary.write_failures(features_dir(root, name, encoder_cfg.name) / failures)

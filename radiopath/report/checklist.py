@@ -328,9 +328,10 @@ def run(cfg) -> StageResult:
     """The checklist of ``cfg.run_dirs`` against ``cfg.items_file`` (the built-in DLRRC items when null)."""
     records = []
     for run_dir in cfg.run_dirs:
-        if not Path(run_dir).is_dir():
-            raise ConfigError("run_dirs", f"no run folder {run_dir}")
-        records += load_records(run_dir)
+        try:
+            records += load_records(run_dir)
+        except FileNotFoundError as error:
+            raise ConfigError("run_dirs", str(error)) from None
     parts = evaluate(records, load_items(cfg.items_file or ITEMS_FILE))
     if cfg.json:
         return StageResult(None, None, lines=[as_json(parts, records)])

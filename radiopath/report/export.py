@@ -39,7 +39,7 @@ from omegaconf import OmegaConf
 
 from radiopath.data.manifest import Manifest, load_manifest
 from radiopath.data.readers import CT_SUFFIXES, open_slide, read_ct
-from radiopath.encoders.features import PatchFeatures
+from radiopath.encoders.features import PatchFeatures, starts_outside
 from radiopath.entry import StageResult
 from radiopath.errors import CaseError, ConfigError, ManifestError, check_choice, check_int, check_number
 from radiopath.io import atomic_path, atomic_save_figure, atomic_write_text
@@ -100,11 +100,10 @@ def _shortest(value) -> float:
 def check_tiles_on_slide(case_id: str, patches: PatchFeatures, slide_path: Path, dimensions: tuple[int, int]) -> None:
     """:class:`CaseError` when tiles start outside the slide: features and slide are not one frame."""
     width, height = dimensions
-    x, y = patches.coords[:, 0], patches.coords[:, 1]
-    outside = int(((x < 0) | (y < 0) | (x >= width) | (y >= height)).sum())
+    outside = int(starts_outside(patches.coords, dimensions).sum())
     if outside:
-        raise CaseError(case_id, f"{outside} of {len(x)} tiles start outside the slide {slide_path} (level 0 "
-                                 f"{width}x{height} px): the patch features were not made from this slide")
+        raise CaseError(case_id, f"{outside} of {len(patches.coords)} tiles start outside the slide {slide_path} "
+                                 f"(level 0 {width}x{height} px): the patch features were not made from this slide")
 
 
 def draw_collection(collection: dict, thumbnail: np.ndarray, dimensions: tuple[int, int], path: Path, *,

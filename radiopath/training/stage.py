@@ -74,7 +74,7 @@ def fit_model(cfg: DictConfig, in_dims: dict[str, int], train: list[Patient], wa
     model_kwargs = OmegaConf.to_container(cfg.model.kwargs, resolve=True)
     scaler = node_scaler(cfg).fit(train)
     model = AGGREGATORS.create(cfg.model.name, scaler.out_dims(in_dims), **model_kwargs).to(device)
-    settings = TrainSettings(**OmegaConf.to_container(cfg.training, resolve=True))
+    settings = TrainSettings.from_config(OmegaConf.to_container(cfg.training, resolve=True))
     start = time.perf_counter()
     history = fit(model, train, watch, scaler, settings, generator, device, desc=desc)
     return Fitted(model, model_kwargs, scaler, settings, history, time.perf_counter() - start)
