@@ -8,6 +8,8 @@ Feature store (``encode``)
     :func:`encoder_dirname` (``timm:vit_small`` -> ``timm-vit_small``); slide features
     written with ``encode.format=h5`` are ``{case_id}.h5`` there instead (:func:`bag_path`,
     an HDF5 bag in the CLAM/Trident layout). A case has one of the two (:func:`stored_features`).
+    A patient with several slides has one file per slide, ``{case_id}/{slide}.pt`` (or ``.h5``),
+    ``slide`` the slide's name (:func:`slide_keys`).
 Graph store (``build_graphs``)
     ``{graph_dir}/{modality}/{case_id}.pt``.
 Training run folder (``train``, read by ``survival`` and ``report``), :class:`RunFolder`
@@ -53,25 +55,41 @@ def features_dir(root: str | Path, modality: str, encoder: str) -> Path:
     return Path(root) / modality / encoder_dirname(encoder)
 
 
-def features_path(root: str | Path, modality: str, encoder: str, case_id: str) -> Path:
-    """Where the features of one case, modality and encoder live."""
-    return features_dir(root, modality, encoder) / f"{case_id}.pt"
+def slide_keys(names: list[str]) -> list[str | None]:
+    """The ``slide`` argument of the feature-store paths for each of a patient's slides.
+
+    None for a patient's only slide (its file is ``{case_id}.pt``); the slide's name when
+    the patient has several (``{case_id}/{name}.pt``).
+    """
+    return [None] if len(names) == 1 else list(names)
 
 
-def bag_path(root: str | Path, modality: str, encoder: str, case_id: str) -> Path:
-    """Where the features of one case, modality and encoder live as an HDF5 bag (``encode.format=h5``)."""
-    return features_dir(root, modality, encoder) / f"{case_id}.h5"
+def _case_file(root: str | Path, modality: str, encoder: str, case_id: str, slide: str | None, suffix: str) -> Path:
+    folder = features_dir(root, modality, encoder)
+    return folder / f"{case_id}{suffix}" if slide is None else folder / case_id / f"{slide}{suffix}"
 
 
-def feature_file(root: str | Path, modality: str, encoder: str, case_id: str, *, format: str) -> Path:
-    """The feature file of one case in ``format`` (one of :data:`FEATURE_FORMATS`)."""
-    return FEATURE_FORMATS[format](root, modality, encoder, case_id)
+def features_path(root: str | Path, modality: str, encoder: str, case_id: str, *, slide: str | None = None) -> Path:
+    """Where the features of one case (or of one of its slides, :func:`slide_keys`) and encoder live."""
+    return _case_file(root, modality, encoder, case_id, slide, ".pt")
 
 
-def stored_features(root: str | Path, modality: str, encoder: str, case_id: str) -> Path | None:
-    """The case's feature file that exists (``.pt`` or ``.h5``), None when neither does."""
+def bag_path(root: str | Path, modality: str, encoder: str, case_id: str, *, slide: str | None = None) -> Path:
+    """Where those features live as an HDF5 bag (``encode.format=h5``)."""
+    return _case_file(root, modality, encoder, case_id, slide, ".h5")
+
+
+def feature_file(root: str | Path, modality: str, encoder: str, case_id: str, *, format: str,
+                 slide: str | None = None) -> Path:
+    """The feature file of one case (or slide) in ``format`` (one of :data:`FEATURE_FORMATS`)."""
+    return FEATURE_FORMATS[format](root, modality, encoder, case_id, slide=slide)
+
+
+def stored_features(root: str | Path, modality: str, encoder: str, case_id: str, *,
+                    slide: str | None = None) -> Path | None:
+    """The case's (or slide's) feature file that exists (``.pt`` or ``.h5``), None when neither does."""
     return next((path for make in FEATURE_FORMATS.values()
-                 if (path := make(root, modality, encoder, case_id)).is_file()), None)
+                 if (path := make(root, modality, encoder, case_id, slide=slide)).is_file()), None)
 
 
 def graph_path(graph_dir: str | Path, modality: str, case_id: str) -> Path:

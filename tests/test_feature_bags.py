@@ -217,7 +217,7 @@ def test_the_manifest_checks_the_new_columns(tmp_path):
             {"case_id": "no-file", "pathology_features": "missing.h5", "mpp": ""},
             {"case_id": "bad-mpp", "pathology_features": str(bag.relative_to(tmp_path)), "mpp": -1}]
     manifest = write_manifest(tmp_path, rows)
-    assert manifest.case_ids == ["ok"] and manifest.mpp("ok") == 0.25
+    assert manifest.case_ids == ["ok"] and manifest.slides("ok")[0].mpp == 0.25
     problems = {p.case_id: p.reason for p in manifest.problems}
     assert problems["no-file"].startswith("pathology_features file not found")
     assert problems["bad-mpp"] == "mpp must be a positive number (µm per level-0 pixel), got -1.0"

@@ -29,7 +29,7 @@ from radiopath.graphs import load_graph
 from radiopath.graphs.io import save_graph
 from radiopath.io import atomic_torch_save
 from radiopath.layout import features_path, graph_path
-from radiopath.report.overlays import overlay_slices, paint, patch_importance
+from radiopath.report.overlays import case_images, check_node_count, overlay_slices, paint
 from radiopath.survival import summarise
 from radiopath.survival.stage import run_survival
 
@@ -333,12 +333,13 @@ def test_patch_importance_follows_the_assignment(report, tmp_path):
     config = OmegaConf.load(runs[2] / "config.yaml")
     case_id = imaged["case_id"].iloc[0]
     nodes = torch.load(runs[2] / "fold0" / "importance" / f"{case_id}.pt", weights_only=True)["pathology"].numpy()
-    patches, scores = patch_importance(config.data.graph_dir, config.data.features_dir, "pathology", case_id, nodes,
-                                       manifest=None)
-    graph = load_graph(graph_path(config.data.graph_dir, "pathology", case_id))
-    assert np.array_equal(scores, nodes[graph.assignment.numpy()])
+    graph, (image,) = case_images(config.data.graph_dir, config.data.features_dir, "pathology", case_id, manifest=None)
+    check_node_count(nodes, graph)
+    assert np.array_equal(nodes[image.nodes], nodes[load_graph(graph_path(config.data.graph_dir, "pathology",
+                                                                          case_id)).assignment.numpy()])
+    assert len(image.nodes) == len(image.patches.coords)
     with pytest.raises(ValueError, match="importance values for a graph"):
-        patch_importance(config.data.graph_dir, config.data.features_dir, "pathology", case_id, nodes[:-1], manifest=None)
+        check_node_count(nodes[:-1], graph)
 
 
 def test_paint_averages_overlapping_boxes_and_slices_stay_in_the_tumour():

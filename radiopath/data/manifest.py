@@ -5,7 +5,8 @@ Columns (only ``case_id`` is required; a stage checks for the columns it needs):
 =================  ==========================================================
 ``case_id``        unique patient identifier (text)
 ``ct``, ``mask``   CT volume and tumour mask (NIfTI, NRRD or a DICOM folder)
-``wsi``            whole-slide image that OpenSlide opens
+``wsi``            whole-slide image that OpenSlide opens; several slides of one
+                   patient are ``;``-separated (``wsi/p1_A.svs;wsi/p1_B.svs``)
 ``os_time``        overall survival time (> 0; unit stated in the config)
 ``os_event``       1 = death observed, 0 = censored
 ``malignant``      1 malignant, 0 benign
@@ -17,11 +18,19 @@ Columns (only ``case_id`` is required; a stage checks for the columns it needs):
 ``pathology_        optional: an HDF5 feature bag of the case's slide in the
 features``         CLAM/Trident layout (:mod:`radiopath.encoders.bags`); the
                    graph is built from it, without encoding (and without the
-                   slide, which is only read for its resolution and size)
+                   slide, which is only read for its resolution and size);
+                   ``;``-separated for several slides, in the order of ``wsi``
 ``mpp``            optional: µm per level-0 pixel of the case's slide (> 0);
                    where given it overrides the slide's own metadata and the
-                   bag's attributes (``wsi.fallback_mpp`` is the last resort)
+                   bag's attributes (``wsi.fallback_mpp`` is the last resort);
+                   one value for all the case's slides or one per slide
+                   (``0.25;0.5``); an empty entry (``0.25;``) leaves that slide to its
+                   own metadata
 =================  ==========================================================
+
+A patient's slides (:meth:`Manifest.slides`) are named by their file stems, which must
+differ; each slide gets its own graph and the patient's pathology input is all of them
+(:mod:`radiopath.graphs.build`), so folds, which split patients, never split a patient's slides.
 
 Image and bag paths are relative to the manifest's folder. A path that leads outside that
 folder (absolute, ``..``, or a symlink out) is refused when a stage opens it,
@@ -38,14 +47,26 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from radiopath.data.readers import image_stem
 from radiopath.errors import CaseError, ManifestError
-from radiopath.modality import MODALITIES
+from radiopath.modality import MODALITIES, PATHOLOGY
 
 # Every modality's image columns (ct, mask, wsi) and bag columns (pathology_features):
 # paths resolved and checked to exist.
 IMAGE_COLUMNS = tuple(column for spec in MODALITIES.values() for column in spec.image_columns)
 PATH_COLUMNS = IMAGE_COLUMNS + tuple(spec.bag_column for spec in MODALITIES.values() if spec.bag_column)
 MPP_COLUMN = "mpp"
+SEPARATOR = ";"  # between the paths (and mpp values) of a patient's slides
+
+
+@dataclass(frozen=True)
+class SlideSource:
+    """One slide of a patient as the manifest gives it: its name, its image and/or bag, its stated mpp."""
+
+    name: str
+    wsi: Path | None
+    bag: Path | None
+    mpp: float | None
 
 
 @dataclass
@@ -69,28 +90,48 @@ class Manifest:
         """True when the manifest has ``column`` and the case's cell in it is not empty."""
         return column in self.frame.columns and self._cell(case_id, column) != ""
 
-    def mpp(self, case_id: str) -> float | None:
-        """The case's ``mpp`` column (µm per level-0 pixel of its slide), None when not given."""
-        return float(self._cell(case_id, MPP_COLUMN)) if self.has(case_id, MPP_COLUMN) else None
+    def slides(self, case_id: str) -> list[SlideSource]:
+        """The case's slides, in the manifest's order (one per ``wsi`` or ``pathology_features`` entry).
+
+        Raises :class:`CaseError` when a path leads outside the manifest's folder (see :meth:`image_path`).
+        """
+        images = self.image_paths(case_id, PATHOLOGY.image_column)
+        bags = self.image_paths(case_id, PATHOLOGY.bag_column)
+        mpps = _split(self._cell(case_id, MPP_COLUMN) if MPP_COLUMN in self.frame.columns else "")
+        count = max(len(images), len(bags))
+        mpps = mpps * count if len(mpps) == 1 else mpps
+        return [SlideSource(name=_slide_name(images, bags, k), wsi=images[k] if images else None,
+                            bag=bags[k] if bags else None, mpp=float(mpps[k]) if mpps and mpps[k] else None)
+                for k in range(count)]
 
     def _cell(self, case_id: str, column: str):
         value = self.frame.loc[self.frame["case_id"] == case_id, column].iloc[0]
         return "" if pd.isna(value) else value
 
+    def image_paths(self, case_id: str, column: str) -> list[Path]:
+        """Every path of one case's cell in ``column`` (several slides are ``;``-separated); [] when empty.
+
+        Raises :class:`CaseError` when a path leads outside the manifest's folder and
+        ``allow_outside`` is off: a manifest must not make a stage read arbitrary files.
+        """
+        value = self._cell(case_id, column) if column in self.frame.columns else ""
+        paths = [Path(part) for part in _split(value)]
+        for path in paths:
+            if not self.allow_outside and not path.resolve().is_relative_to(self.root):
+                raise CaseError(case_id, f"{column} path {path} is outside the manifest's folder {self.root} "
+                                         "(set data.allow_outside_paths=true to allow it)")
+        return paths
+
     def image_path(self, case_id: str, column: str) -> Path | None:
         """Absolute path of one case's image (or bag), or None when the column or the cell is empty.
 
-        Raises :class:`CaseError` when the path leads outside the manifest's folder
-        and ``allow_outside`` is off: a manifest must not make a stage read arbitrary files.
+        Raises :class:`CaseError` when the path leads outside the manifest's folder (see
+        :meth:`image_paths`), or when the cell names several slides: use :meth:`slides` for those.
         """
-        value = self._cell(case_id, column) if column in self.frame.columns else ""
-        if not isinstance(value, str) or not value:
-            return None
-        path = Path(value)
-        if not self.allow_outside and not path.resolve().is_relative_to(self.root):
-            raise CaseError(case_id, f"{column} path {path} is outside the manifest's folder {self.root} "
-                                     "(set data.allow_outside_paths=true to allow it)")
-        return path
+        paths = self.image_paths(case_id, column)
+        if len(paths) > 1:
+            raise CaseError(case_id, f"{column} names {len(paths)} files; this step reads one image per case")
+        return paths[0] if paths else None
 
     def select_shard(self, shard: int, num_shards: int) -> "Manifest":
         """Every ``num_shards``-th case starting at ``shard`` (for cluster jobs)."""
@@ -146,11 +187,24 @@ def load_manifest(path: str | Path, required: tuple[str | tuple[str, ...], ...] 
     return Manifest(path, frame.loc[~bad].reset_index(drop=True), problems, allow_outside)
 
 
-def _resolve(root: Path, value) -> str:
+def _split(value) -> list[str]:
+    """A cell's ``;``-separated entries, stripped ([] for an empty cell; a single entry for a plain one)."""
+    if isinstance(value, (int, float, np.number)) and not pd.isna(value):
+        return [str(value)]
     if not isinstance(value, str) or not value.strip():
-        return ""
-    candidate = Path(value.strip())
-    return str(candidate if candidate.is_absolute() else (root / candidate).resolve())
+        return []
+    return [part.strip() for part in value.split(SEPARATOR)]
+
+
+def _resolve(root: Path, value) -> str:
+    """The cell's paths made absolute against the manifest's folder, ``;``-joined again."""
+    return SEPARATOR.join(str(Path(part) if Path(part).is_absolute() else (root / part).resolve())
+                          for part in _split(value))
+
+
+def _slide_name(images: list[Path], bags: list[Path], index: int) -> str:
+    """A slide's name: its image's file stem, else its bag's."""
+    return image_stem(images[index] if images else bags[index])
 
 
 def _shown(value):
@@ -167,12 +221,30 @@ def _row_problem(row: pd.Series) -> str | None:
     if "os_event" in row.index and not pd.isna(row["os_event"]):
         if pd.to_numeric(row["os_event"], errors="coerce") not in (0, 1):
             return f"os_event must be 0 or 1, got {_shown(row['os_event'])!r}"
-    if MPP_COLUMN in row.index and not pd.isna(row[MPP_COLUMN]):
-        mpp = pd.to_numeric(row[MPP_COLUMN], errors="coerce")
-        if not np.isfinite(mpp) or mpp <= 0:
-            return f"mpp must be a positive number (µm per level-0 pixel), got {_shown(row[MPP_COLUMN])!r}"
     for column in PATH_COLUMNS:
-        value = row.get(column, "")
-        if value and not Path(value).exists():
-            return f"{column} file not found: {value}"
+        for value in _split(row.get(column, "")):
+            if not Path(value).exists():
+                return f"{column} file not found: {value}"
+    return _slides_problem(row)
+
+
+def _slides_problem(row: pd.Series) -> str | None:
+    """What is wrong with the row's slides: counts that do not pair up, a bad mpp, two slides of one name."""
+    images = _split(row.get(PATHOLOGY.image_column, ""))
+    bags = _split(row.get(PATHOLOGY.bag_column, ""))
+    mpps = _split(row.get(MPP_COLUMN, ""))
+    if images and bags and len(images) != len(bags):
+        return (f"{PATHOLOGY.image_column} names {len(images)} slides but {PATHOLOGY.bag_column} {len(bags)} bags: "
+                "give one bag per slide, in the same order")
+    count = max(len(images), len(bags))
+    if len(mpps) > 1 and len(mpps) != count:
+        return f"mpp gives {len(mpps)} values for {count} slides: give one value, or one per slide"
+    for value in mpps:
+        mpp = pd.to_numeric(value, errors="coerce")
+        if value and (not np.isfinite(mpp) or mpp <= 0):
+            return f"mpp must be a positive number (µm per level-0 pixel), got {_shown(row[MPP_COLUMN])!r}"
+    names = [image_stem(path) for path in (images or bags)]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        return f"two of the case's slides are both called {repeated[0]!r}: slides are told apart by file name"
     return None

@@ -20,6 +20,13 @@ import SimpleITK as sitk
 from radiopath.errors import CaseError
 
 CT_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def image_stem(path: str | Path) -> str:
+    """The image's file name without its format suffix (``ct/p1.nii.gz`` -> ``p1``, ``wsi/p1.tif`` -> ``p1``)."""
+    name = Path(path).name
+    suffix = next((s for s in CT_SUFFIXES if name.lower().endswith(s)), Path(name).suffix)
+    return name[:len(name) - len(suffix)] if suffix else name
 _ITK_PREFIX = re.compile(r"^ITK ERROR: \w+\(0x[0-9a-fA-F]+\): ")
 
 

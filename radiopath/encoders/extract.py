@@ -24,7 +24,7 @@ from radiopath.encoders.bags import FeatureBag, check_inside, coordinate_step, l
 from radiopath.encoders.base import TileEncoder, VolumeEncoder
 from radiopath.encoders.features import PatchFeatures
 from radiopath.errors import CaseError
-from radiopath.layout import features_path, stored_features
+from radiopath.layout import features_path, slide_keys, stored_features
 from radiopath.modality import PATHOLOGY, RADIOLOGY
 from radiopath.modality import modality as modality_spec
 from radiopath.preprocess.ct import preprocess_ct
@@ -152,21 +152,49 @@ def _patch_size(case_id: str, bag: FeatureBag, downsamples: tuple[float, ...] | 
     return step
 
 
-def case_features(case_id: str, modality: str, *, features_dir: str | Path, encoder: str,
-                  manifest: Manifest | None, fallback_mpp: float | None) -> PatchFeatures:
-    """A case's patch features as the graph builder reads them.
+def case_patches(case_id: str, modality: str, *, features_dir: str | Path, encoder: str,
+                 manifest: Manifest | None, fallback_mpp: float | None) -> list[PatchFeatures]:
+    """A case's patch features as the graph builder reads them: one :class:`PatchFeatures` per image.
 
-    The manifest's feature bag where the case's row gives one (``pathology_features``),
-    else the feature store's file of ``encoder`` (``.pt`` or ``.h5``). Raises
-    :class:`CaseError` when there is neither.
+    CT: the one volume's. Slides: one per slide of the manifest's row (:meth:`Manifest.slides`),
+    in its order: the slide's feature bag where the row gives one (``pathology_features``), else
+    the feature store's file of ``encoder`` (``.pt`` or ``.h5``; per slide for a patient with
+    several). Raises :class:`CaseError` when a slide has neither, or when the slides' features
+    come from different encoders or have different widths.
     """
     spec = modality_spec(modality)
-    if manifest is not None and spec.bag_column is not None and manifest.has(case_id, spec.bag_column):
-        return load_bag_case(case_id, manifest.image_path(case_id, spec.bag_column),
-                             wsi_path=manifest.image_path(case_id, spec.image_column),
-                             mpp=manifest.mpp(case_id), fallback_mpp=fallback_mpp)
-    source = stored_features(features_dir, modality, encoder, case_id)
+    slides = manifest.slides(case_id) if manifest is not None and spec.bag_column is not None else []
+    if not slides:
+        return [_stored(case_id, modality, features_dir=features_dir, encoder=encoder, slide=None)]
+    parts = []
+    for slide, key in zip(slides, slide_keys([s.name for s in slides])):
+        if slide.bag is not None:
+            parts.append(load_bag_case(case_id, slide.bag, wsi_path=slide.wsi, mpp=slide.mpp,
+                                       fallback_mpp=fallback_mpp))
+        else:
+            parts.append(_stored(case_id, modality, features_dir=features_dir, encoder=encoder, slide=key))
+    check_alike(case_id, parts, [s.bag or s.wsi for s in slides])
+    return parts
+
+
+def _stored(case_id: str, modality: str, *, features_dir: str | Path, encoder: str, slide: str | None) -> PatchFeatures:
+    """The feature store's file of one case (or slide); :class:`CaseError` when it has none."""
+    source = stored_features(features_dir, modality, encoder, case_id, slide=slide)
     if source is None:
-        expected = features_path(features_dir, modality, encoder, case_id)
+        expected = features_path(features_dir, modality, encoder, case_id, slide=slide)
         raise CaseError(case_id, f"no {modality} patch features ({expected}): encoding failed or was skipped")
     return load_features(source)
+
+
+def check_alike(case_id: str, parts: list[PatchFeatures], sources: list[Path | None]) -> None:
+    """:class:`CaseError` unless every slide of the patient has features of one encoder and one width.
+
+    A patient's slides are pooled together, so their features must live in one feature space.
+    """
+    for part, source in zip(parts[1:], sources[1:]):
+        first = parts[0]
+        if part.encoder != first.encoder or part.features.shape[1] != first.features.shape[1]:
+            raise CaseError(case_id, f"its slides' features differ: {sources[0]} has {first.features.shape[1]} "
+                                     f"features of encoder {first.encoder!r}, {source} "
+                                     f"{part.features.shape[1]} of {part.encoder!r}; a patient's slides are "
+                                     "pooled together and need one encoder")

@@ -4,7 +4,8 @@ Reads the cohort manifest (``data.manifest``), preprocesses each case's CT and
 slide, and writes ``{data.features_dir}/{modality}/{encoder}/{case_id}.pt`` (see
 :mod:`radiopath.encoders.features`, paths in :mod:`radiopath.layout`), or for slides
 with ``encode.format=h5`` a CLAM/Trident HDF5 bag ``{case_id}.h5``
-(:mod:`radiopath.encoders.bags`). Finished cases are skipped on a rerun, whatever
+(:mod:`radiopath.encoders.bags`); a patient with several slides gets one file per slide,
+``{case_id}/{slide}.pt`` (or ``.h5``). Finished cases are skipped on a rerun, whatever
 format they were written in (``overwrite=true`` redoes them); so are cases whose
 manifest row brings its own bag (``pathology_features``). Failed cases are listed
 in ``failures.csv`` beside the features.
@@ -24,25 +25,40 @@ from radiopath.encoders.bags import write_bag
 from radiopath.encoders.checkpoints import checkpoint_unpickling
 from radiopath.encoders.extract import encode_ct_case, encode_wsi_case
 from radiopath.entry import StageResult
-from radiopath.errors import check_choice
-from radiopath.layout import FAILURES_NAME, FEATURE_FORMATS, feature_file, features_dir, part_filename, stored_features
+from radiopath.errors import CaseError, check_choice
+from radiopath.layout import (FAILURES_NAME, FEATURE_FORMATS, feature_file, features_dir, part_filename, slide_keys,
+                              stored_features)
 from radiopath.modality import RADIOLOGY, modality
 from radiopath.repro import active
 from radiopath.runner import RunSummary, run_cases
 
 
 def _case_encoder(cfg: DictConfig, manifest: Manifest, name: str, encoder, device: torch.device):
-    """``process(case_id) -> PatchFeatures`` for one modality: the CT or the slide path."""
+    """``encode(case_id, slide_key) -> PatchFeatures`` for one modality: the CT, or one of the case's slides."""
     if name == RADIOLOGY.name:
         ct = OmegaConf.to_container(cfg.ct, resolve=True)
-        return lambda case_id: encode_ct_case(case_id, manifest.image_path(case_id, "ct"),
-                                              manifest.image_path(case_id, "mask"), encoder, ct, device)
+        return lambda case_id, _: encode_ct_case(case_id, manifest.image_path(case_id, "ct"),
+                                                 manifest.image_path(case_id, "mask"), encoder, ct, device)
     encoder.to(device).eval()  # tile encoders are plain torch modules; the CT encoders place themselves
     tissue = OmegaConf.to_container(cfg.wsi.tissue, resolve=True)
     tiling = OmegaConf.to_container(cfg.wsi.tiling, resolve=True)
     batch_size = cfg.encoder[name].batch_size
-    return lambda case_id: encode_wsi_case(case_id, manifest.image_path(case_id, "wsi"), encoder, tissue, tiling,
-                                           batch_size, device, mpp=manifest.mpp(case_id))
+
+    def encode_slide(case_id: str, key: str | None):
+        slides = dict(zip(_slide_keys(manifest, name, case_id), manifest.slides(case_id)))
+        if key not in slides:
+            raise CaseError(case_id, "the manifest gives no whole-slide image")
+        return encode_wsi_case(case_id, slides[key].wsi, encoder, tissue, tiling, batch_size, device,
+                               mpp=slides[key].mpp)
+
+    return encode_slide
+
+
+def _slide_keys(manifest: Manifest, name: str, case_id: str) -> list[str | None]:
+    """The feature-store keys of the case's images: [None] for a CT or a single slide, else the slides' names."""
+    if modality(name).bag_column is None:
+        return [None]
+    return slide_keys([slide.name for slide in manifest.slides(case_id)] or [case_id])
 
 
 def _writer(cfg: DictConfig, fmt: str):
@@ -71,10 +87,17 @@ def encode_modality(cfg: DictConfig, manifest: Manifest, name: str) -> RunSummar
     root, fmt, bag_column = cfg.data.features_dir, _feature_format(cfg, name), modality(name).bag_column
     write = _writer(cfg, fmt)
 
+    def stored(case_id: str, key: str | None) -> bool:
+        return stored_features(root, name, encoder_cfg.name, case_id, slide=key) is not None
+
     def process(case_id: str) -> None:
-        write(encode_case(case_id), feature_file(root, name, encoder_cfg.name, case_id, format=fmt))
-        for other in FEATURE_FORMATS.keys() - {fmt}:  # one file per case: a stale one must not be read instead
-            feature_file(root, name, encoder_cfg.name, case_id, format=other).unlink(missing_ok=True)
+        # slide by slide, so a crash keeps the slides already written and a rerun does only the others
+        for key in _slide_keys(manifest, name, case_id):
+            if stored(case_id, key) and not cfg.overwrite:
+                continue
+            write(encode_case(case_id, key), feature_file(root, name, encoder_cfg.name, case_id, format=fmt, slide=key))
+            for other in FEATURE_FORMATS.keys() - {fmt}:  # one file per slide: a stale one must not be read instead
+                feature_file(root, name, encoder_cfg.name, case_id, format=other, slide=key).unlink(missing_ok=True)
 
     # A case whose row brings its bag is never encoded, not even with overwrite=true.
     with_bag = {c for c in manifest.case_ids if bag_column is not None and manifest.has(c, bag_column)}
@@ -82,7 +105,7 @@ def encode_modality(cfg: DictConfig, manifest: Manifest, name: str) -> RunSummar
         f"encode {name} ({encoder_cfg.name})",
         [c for c in manifest.case_ids if c not in with_bag],
         process,
-        is_done=lambda case_id: stored_features(root, name, encoder_cfg.name, case_id) is not None,
+        is_done=lambda case_id: all(stored(case_id, key) for key in _slide_keys(manifest, name, case_id)),
         overwrite=cfg.overwrite,
     )
     summary.skipped += [c for c in manifest.case_ids if c in with_bag]

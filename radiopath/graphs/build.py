@@ -1,4 +1,10 @@
-"""One case's patch features -> one graph (nodes = clusters, edges between near nodes)."""
+"""One case's patch features -> one graph (nodes = clusters, edges between near nodes).
+
+A patient with several slides: each slide is clustered and connected on its own
+(:func:`build_graph`), and the patient's graph is their disjoint union
+(:func:`join_slide_graphs`): no edge joins two slides, and the aggregators, which pool
+over a patient's graph, pool over every slide of the patient.
+"""
 
 from __future__ import annotations
 
@@ -74,6 +80,44 @@ def build_graph(
         encoder=patches.encoder,
         build_params=params,
         num_nodes=len(node_x),
+    )
+
+
+def build_case_graph(parts: list[PatchFeatures], *, names: list[str], **params) -> Data:
+    """The case's graph from its images' patch features (one per slide, ``names`` theirs).
+
+    One image: :func:`build_graph`'s graph. Several slides: their graphs joined
+    (:func:`join_slide_graphs`). ``params`` are :func:`build_graph`'s settings.
+    """
+    if len(parts) != len(names):
+        raise ValueError(f"{len(parts)} patch-feature sets for {len(names)} slide names")
+    graphs = [build_graph(part, **params) for part in parts]
+    return graphs[0] if len(graphs) == 1 else join_slide_graphs(graphs, names=names)
+
+
+def join_slide_graphs(graphs: list[Data], *, names: list[str]) -> Data:
+    """The disjoint union of one patient's slide graphs, which must share case, encoder and settings.
+
+    Nodes, edges and the patches' ``assignment`` are concatenated in slide order (node and
+    patch indices offset), and the union gains ``slide`` (the slide index of every node),
+    ``slide_names`` and ``slide_patches`` (each slide's number of patches, to split
+    ``assignment`` back into the slides' feature files).
+    """
+    first = graphs[0]
+    offsets = np.cumsum([0] + [g.num_nodes for g in graphs])
+    return Data(
+        x=torch.cat([g.x for g in graphs]),
+        edge_index=torch.cat([g.edge_index + int(offset) for g, offset in zip(graphs, offsets)], dim=1),
+        pos=torch.cat([g.pos for g in graphs]),
+        assignment=torch.cat([g.assignment + int(offset) for g, offset in zip(graphs, offsets)]),
+        slide=torch.cat([torch.full((g.num_nodes,), k, dtype=torch.long) for k, g in enumerate(graphs)]),
+        slide_names=list(names),
+        slide_patches=torch.tensor([len(g.assignment) for g in graphs], dtype=torch.long),
+        case_id=first.case_id,
+        modality=first.modality,
+        encoder=first.encoder,
+        build_params=first.build_params,
+        num_nodes=int(offsets[-1]),
     )
 
 

@@ -15,6 +15,12 @@
 ``build_params`` dict of the settings the graph was built with
                  (:func:`radiopath.graphs.build.construction_params`); absent
                  from files written before they were recorded
+``slide``,       only for a patient with several slides, whose graph is the
+``slide_names``, disjoint union of its slides' graphs
+``slide_patches`` (:func:`radiopath.graphs.build.join_slide_graphs`): int64
+                 (nodes,) slide index of each node, the slides' names, int64
+                 (slides,) each slide's number of patches (``assignment`` holds
+                 the slides' patches one slide after the other)
 ================ ============================================================
 """
 
@@ -44,6 +50,15 @@ def load_graph(path: str | Path) -> Data:
     """Read one graph file (without unpickling arbitrary objects)."""
     with torch.serialization.safe_globals(_SAFE):
         return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def slide_segments(graph: Data) -> list[tuple[str | None, slice]]:
+    """``(slide name, slice of assignment)`` per slide of the graph; one ``(None, everything)`` for one image."""
+    if "slide_patches" not in graph:
+        return [(None, slice(0, len(graph.assignment)))]
+    ends = torch.cumsum(graph.slide_patches, 0).tolist()
+    return [(name, slice(end - count, end))
+            for name, end, count in zip(graph.slide_names, ends, graph.slide_patches.tolist())]
 
 
 def build_params(graph: Data) -> dict | None:

@@ -1,4 +1,4 @@
-"""The build_graphs stage: one graph per case and modality.
+"""The build_graphs stage: one graph per case and modality (a patient's slides joined in one).
 
 Runs the encode stage's per-modality loop for cases whose patch features are
 missing, then clusters each case's patches in space and feature space and connects
@@ -20,22 +20,27 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from radiopath.data.manifest import Manifest
-from radiopath.encoders.extract import case_features
+from radiopath.encoders.extract import case_patches
 from radiopath.encoders.features import PatchFeatures
 from radiopath.encoders.stage import check_config as check_encode_config
 from radiopath.encoders.stage import encode_modality, load_modality_manifest
 from radiopath.entry import StageResult
-from radiopath.graphs.build import build_graph
+from radiopath.graphs.build import build_case_graph
 from radiopath.graphs.io import load_graph, save_graph
 from radiopath.layout import FAILURES_NAME, graph_path, part_filename
+from radiopath.modality import modality as modality_spec
 from radiopath.repro import active
 from radiopath.runner import RunSummary, run_cases
 
 
-def case_patches(cfg: DictConfig, manifest: Manifest | None, modality: str, case_id: str) -> PatchFeatures:
-    """The case's patch features: its manifest's feature bag where the row gives one, else the feature store's file."""
-    return case_features(case_id, modality, features_dir=cfg.data.features_dir, encoder=cfg.encoder[modality].name,
+def case_images(cfg: DictConfig, manifest: Manifest | None, modality: str,
+                case_id: str) -> tuple[list[PatchFeatures], list[str]]:
+    """The case's patch features, one per image (its manifest's feature bags where the row gives them, else
+    the feature store's files), and the images' names (the slides' file stems; the case id for one CT)."""
+    parts = case_patches(case_id, modality, features_dir=cfg.data.features_dir, encoder=cfg.encoder[modality].name,
                          manifest=manifest, fallback_mpp=cfg.wsi.fallback_mpp)
+    slides = manifest.slides(case_id) if manifest is not None and modality_spec(modality).bag_column else []
+    return parts, [slide.name for slide in slides] if len(slides) == len(parts) else [case_id] * len(parts)
 
 
 def build_modality_graphs(cfg: DictConfig, case_ids: list[str], modality: str, *,
@@ -46,8 +51,8 @@ def build_modality_graphs(cfg: DictConfig, case_ids: list[str], modality: str, *
         torch.set_num_threads(int(cfg.graph_threads))
 
     def process(case_id: str) -> None:
-        patches = case_patches(cfg, manifest, modality, case_id)
-        save_graph(build_graph(patches, **params), graph_path(cfg.output_dir, modality, case_id))
+        parts, names = case_images(cfg, manifest, modality, case_id)
+        save_graph(build_case_graph(parts, names=names, **params), graph_path(cfg.output_dir, modality, case_id))
 
     summary = run_cases(
         f"graphs {modality}",

@@ -3,9 +3,10 @@
 Every patient of a training run is a test patient of one fold, whose model wrote its node
 importance to ``RUN/fold{k}/importance/{case_id}.pt`` (modality -> one value per graph node).
 Each patch takes its node's value through the graph's ``assignment``
-(:func:`radiopath.report.overlays.patch_nodes`), and ``{output}/fold{k}/{case_id}/`` gets:
+(:func:`radiopath.report.overlays.case_images`), and ``{output}/fold{k}/{case_id}/`` gets:
 
-- ``{slide}.geojson`` per slide (``{slide}`` is the slide file's stem): a GeoJSON
+- ``{slide}.geojson`` per slide (``{slide}`` is the slide file's stem; a patient with several
+  slides gets one per slide, and ``export.json`` lists them): a GeoJSON
   ``FeatureCollection`` with one square polygon per tile in level-0 pixels (x right, y down,
   origin at the top-left corner of the full-resolution image), whose properties carry the tile's
   index in the feature file (``tile``), its graph node (``node``, the cluster it belongs to) and
@@ -38,7 +39,7 @@ from matplotlib.colors import Normalize
 from omegaconf import OmegaConf
 
 from radiopath.data.manifest import Manifest, load_manifest
-from radiopath.data.readers import CT_SUFFIXES, open_slide, read_ct
+from radiopath.data.readers import image_stem, open_slide, read_ct
 from radiopath.encoders.features import PatchFeatures, starts_outside
 from radiopath.entry import StageResult
 from radiopath.errors import CaseError, ConfigError, ManifestError, check_choice, check_int, check_number
@@ -46,7 +47,7 @@ from radiopath.io import atomic_path, atomic_save_figure, atomic_write_text
 from radiopath.layout import FAILURES_NAME, RECORD_NAME, ExportFolder, RunFolder
 from radiopath.modality import PATHOLOGY, RADIOLOGY
 from radiopath.modality import modality as modality_spec
-from radiopath.report.overlays import load_importance, paint, patch_nodes
+from radiopath.report.overlays import ImagePatches, case_images, check_node_count, load_importance, paint
 from radiopath.report.truth import ct_boxes
 from radiopath.repro import active
 from radiopath.runner import run_cases
@@ -54,16 +55,6 @@ from radiopath.runner import run_cases
 # QuPath's GeoJSON reader (qupath-core, qupath.lib.io.PathObjectTypeAdapters) knows these objectType values;
 # another value, or none, imports as an annotation.
 OBJECT_TYPES = ("tile", "detection", "annotation")
-
-
-# --------------------------------------------------------------------------- where things go
-
-
-def image_stem(path: Path) -> str:
-    """The image's file name without its format suffix (``ct/p1.nii.gz`` -> ``p1``, ``wsi/p1.tif`` -> ``p1``)."""
-    name = path.name
-    suffix = next((s for s in CT_SUFFIXES if name.lower().endswith(s)), path.suffix)
-    return name[:len(name) - len(suffix)] if suffix else name
 
 
 # --------------------------------------------------------------------------- slides: GeoJSON tiles
@@ -130,10 +121,10 @@ def draw_collection(collection: dict, thumbnail: np.ndarray, dimensions: tuple[i
     return atomic_save_figure(fig, path, dpi)
 
 
-def export_slide(case_id: str, patches: PatchFeatures, node_of_patch: np.ndarray, scores: np.ndarray,
-                 manifest: Manifest, folder: Path, cfg) -> dict[str, str]:
+def export_slide(image: ImagePatches, scores: np.ndarray, folder: Path, cfg) -> dict[str, str]:
     """The slide's GeoJSON tiles and their preview PNG; role -> file written."""
-    slide_path = _image(manifest, case_id, PATHOLOGY.image_column)
+    case_id, patches = image.patches.case_id, image.patches
+    slide_path = _image(image, PATHOLOGY.image_column)
     slide = open_slide(slide_path, case_id)
     try:
         dimensions = slide.dimensions
@@ -141,7 +132,7 @@ def export_slide(case_id: str, patches: PatchFeatures, node_of_patch: np.ndarray
     finally:
         slide.close()
     check_tiles_on_slide(case_id, patches, slide_path, dimensions)
-    collection = tile_collection(patches, node_of_patch, scores, object_type=cfg.geojson.object_type,
+    collection = tile_collection(patches, image.nodes, scores, object_type=cfg.geojson.object_type,
                                  colormap=cfg.colormap)
     stem = image_stem(slide_path)
     target = folder / f"{stem}.geojson"
@@ -185,10 +176,10 @@ def importance_volume(image: sitk.Image, patches: PatchFeatures, scores: np.ndar
     return result
 
 
-def export_volume(case_id: str, patches: PatchFeatures, node_of_patch: np.ndarray, scores: np.ndarray,
-                  manifest: Manifest, folder: Path, cfg) -> dict[str, str]:
+def export_volume(image: ImagePatches, scores: np.ndarray, folder: Path, cfg) -> dict[str, str]:
     """The CT's importance map as NIfTI on the CT's grid; role -> file written."""
-    ct_path = _image(manifest, case_id, RADIOLOGY.image_column)
+    case_id, patches = image.patches.case_id, image.patches
+    ct_path = _image(image, RADIOLOGY.image_column)
     image = read_ct(ct_path, case_id)
     check_patches_in_ct(case_id, patches, ct_path, image)
     volume = importance_volume(image, patches, scores, background=float(cfg.nifti.background))
@@ -202,12 +193,12 @@ def export_volume(case_id: str, patches: PatchFeatures, node_of_patch: np.ndarra
 WRITERS = {"slide": export_slide, "volume": export_volume}
 
 
-def _image(manifest: Manifest, case_id: str, column: str) -> Path:
-    """The case's image in ``column``; :class:`CaseError` when the manifest names none."""
-    path = manifest.image_path(case_id, column) if column in manifest.frame.columns else None
-    if path is None:
-        raise CaseError(case_id, f"the manifest {manifest.path} names no {column} image for it")
-    return path
+def _image(image: ImagePatches, column: str) -> Path:
+    """The image file in ``column``; :class:`CaseError` when the manifest names none."""
+    try:
+        return image.file(column)
+    except FileNotFoundError as error:
+        raise CaseError(image.patches.case_id, str(error)) from None
 
 
 # --------------------------------------------------------------------------- one patient
@@ -228,16 +219,17 @@ def export_case(case_id: str, *, fold: int, run: RunFolder, data, manifest: Mani
     written = {}
     for modality, nodes in importance.items():
         try:
-            patches, node_of_patch = patch_nodes(data.graph_dir, data.features_dir, modality, case_id, nodes,
-                                                 manifest=manifest)
+            graph, images = case_images(data.graph_dir, data.features_dir, modality, case_id, manifest=manifest)
+            check_node_count(nodes, graph)
         except (OSError, ValueError, KeyError, RuntimeError) as error:
             raise CaseError(case_id, f"{modality}: {importance_path} does not map onto the case's graph and "
                                      f"patches in {data.graph_dir}: {type(error).__name__}: {error}") from error
+        write = WRITERS[modality_spec(modality).view]
         try:
-            written[modality] = WRITERS[modality_spec(modality).view](case_id, patches, node_of_patch,
-                                                                      nodes[node_of_patch], manifest, folder, cfg)
+            files = [write(image, nodes[image.nodes], folder, cfg) for image in images]
         except OSError as error:  # io names the file it could not write (read-only folder, full disk)
             raise CaseError(case_id, error.strerror or str(error)) from error
+        written[modality] = files[0] if len(files) == 1 else files
     done = {"case_id": case_id, "fold": fold, "importance": str(importance_path), "files": written,
             "object_type": cfg.geojson.object_type}
     try:

@@ -5,7 +5,9 @@ every patch in the order of the patch-feature file, so ``importance[assignment]`
 is each patch's score and the feature file's ``coords``/``patch_size`` say
 where to paint it: level-0 pixels (tile top-left) on a slide thumbnail, mm
 (patch centre) on axial CT slices through the tumour. Overlapping patches show
-their mean. Where the cohort has planted ground truth (:mod:`radiopath.report.truth`),
+their mean. A patient with several slides has one graph joining them
+(:func:`radiopath.graphs.build.join_slide_graphs`); each slide is drawn on its own
+(:func:`case_images`). Where the cohort has planted ground truth (:mod:`radiopath.report.truth`),
 the pattern is outlined on the importance and a panel beside it paints each patch
 with its node's planted fraction: what the node-importance AUROC scores against.
 """
@@ -26,10 +28,12 @@ from radiopath.data.manifest import Manifest
 from radiopath.data.readers import open_slide, read_ct
 from radiopath.encoders.features import PatchFeatures
 from radiopath.graphs import load_graph
+from radiopath.graphs.io import slide_segments
 from radiopath.io import atomic_save_figure
-from radiopath.encoders.extract import case_features
+from radiopath.encoders.extract import case_patches
 from radiopath.layout import graph_path
 from radiopath.modality import MODALITIES, PATHOLOGY, RADIOLOGY
+from radiopath.modality import modality as modality_spec
 from radiopath.report.truth import TruthMask, ct_boxes
 
 
@@ -62,35 +66,77 @@ def load_importance(path: Path) -> dict[str, np.ndarray]:
     return {modality: values.float().numpy().reshape(-1) for modality, values in data.items()}
 
 
-def load_case_patches(graph_dir: str, features_dir: str, modality: str, case_id: str, *,
-                      manifest: Manifest | None) -> tuple[Data, PatchFeatures]:
-    """The case's graph and the patch features it was built from (checked to have one node per patch).
+@dataclass
+class ImagePatches:
+    """One image of a case (its CT, one of its slides): its files, its patches and each patch's graph node.
 
-    ``manifest``: the run's cohort, whose feature bags (``pathology_features``) some cases' graphs were built from.
+    ``name`` is the slide's name where the patient has several slides (else None);
+    ``files`` maps the modality's image columns to the manifest's paths (``ct`` and
+    ``mask``; ``wsi``), None where it names none; ``nodes`` indexes the case's whole graph.
+    """
+
+    name: str | None
+    files: dict[str, Path | None]
+    patches: PatchFeatures
+    nodes: np.ndarray
+
+    def file(self, column: str) -> Path:
+        """The image file of ``column``; :class:`FileNotFoundError` when the manifest names none."""
+        path = self.files.get(column)
+        if path is None:
+            raise FileNotFoundError(f"the manifest names no {column} for {self.patches.case_id}")
+        return path
+
+
+def case_images(graph_dir: str, features_dir: str, modality: str, case_id: str, *,
+                manifest: Manifest | None) -> tuple[Data, list[ImagePatches]]:
+    """The case's graph and its images' patches (one per slide of a patient with several), each patch's node.
+
+    ``manifest``: the run's cohort, which names the images and the feature bags (``pathology_features``)
+    some cases' graphs were built from. Raises ``ValueError`` when graph and patches do not fit together.
     """
     graph = load_graph(graph_path(graph_dir, modality, case_id))
-    patches = case_features(case_id, modality, features_dir=features_dir, encoder=graph.encoder, manifest=manifest,
-                            fallback_mpp=None)
-    if len(graph.assignment) != len(patches.coords):
-        raise ValueError(f"graph assigns {len(graph.assignment)} patches but the feature file has "
-                         f"{len(patches.coords)}")
-    return graph, patches
+    parts = case_patches(case_id, modality, features_dir=features_dir, encoder=graph.encoder, manifest=manifest,
+                         fallback_mpp=None)
+    segments = slide_segments(graph)
+    if len(segments) != len(parts):
+        raise ValueError(f"the graph joins {len(segments)} slide(s) but the cohort gives {len(parts)}: rebuild it")
+    images = []
+    for (name, segment), part, files in zip(segments, parts, _image_files(manifest, case_id, modality, len(parts))):
+        nodes = graph.assignment[segment].numpy()
+        if len(nodes) != len(part.coords):
+            raise ValueError(f"graph assigns {len(nodes)} patches{'' if name is None else f' of slide {name}'} "
+                             f"but the feature file has {len(part.coords)}")
+        images.append(ImagePatches(name, files, part, nodes))
+    return graph, images
 
 
-def patch_nodes(graph_dir: str, features_dir: str, modality: str, case_id: str,
-                nodes: np.ndarray, *, manifest: Manifest | None) -> tuple[PatchFeatures, np.ndarray]:
-    """The case's patches and the graph node of each, checked to fit one importance value per node."""
-    graph, patches = load_case_patches(graph_dir, features_dir, modality, case_id, manifest=manifest)
+def _image_files(manifest: Manifest | None, case_id: str, modality: str, count: int) -> list[dict[str, Path | None]]:
+    """The manifest's image files for each of the case's ``count`` images (None where it names none)."""
+    spec = modality_spec(modality)
+    if manifest is None or case_id not in manifest.case_ids:
+        return [dict.fromkeys(spec.image_columns)] * count
+    if spec.bag_column is not None:
+        slides = manifest.slides(case_id)
+        if len(slides) == count:
+            return [{spec.image_column: slide.wsi} for slide in slides]
+        return [dict.fromkeys(spec.image_columns)] * count
+    return [{column: manifest.image_path(case_id, column) for column in spec.image_columns}] * count
+
+
+def load_case_patches(graph_dir: str, features_dir: str, modality: str, case_id: str, *,
+                      manifest: Manifest | None) -> tuple[Data, PatchFeatures]:
+    """The graph and patches of a case with one image (planted truth is drawn on one image per case)."""
+    graph, images = case_images(graph_dir, features_dir, modality, case_id, manifest=manifest)
+    if len(images) != 1:
+        raise ValueError(f"case {case_id!r} has {len(images)} slides; planted truth is read for one image per case")
+    return graph, images[0].patches
+
+
+def check_node_count(nodes: np.ndarray, graph: Data) -> None:
+    """``ValueError`` unless ``nodes`` holds one value per node of ``graph``."""
     if len(nodes) != graph.num_nodes:
         raise ValueError(f"{len(nodes)} importance values for a graph of {graph.num_nodes} nodes")
-    return patches, graph.assignment.numpy()
-
-
-def patch_importance(graph_dir: str, features_dir: str, modality: str, case_id: str, nodes: np.ndarray, *,
-                     manifest: Manifest | None):
-    """The case's patches (:class:`PatchFeatures`) and each patch's importance (its node's value)."""
-    patches, node_of_patch = patch_nodes(graph_dir, features_dir, modality, case_id, nodes, manifest=manifest)
-    return patches, nodes[node_of_patch]
 
 
 def paint(shape: tuple[int, ...], lo: np.ndarray, hi: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -123,18 +169,15 @@ def _outline(ax, mask: np.ndarray, colour: str) -> None:
         ax.contour(mask, levels=[0.5], colors=colour, linewidths=1)
 
 
-def slide_overlay(manifest: Manifest, case_id: str, patches: PatchFeatures, scores: np.ndarray, cfg, title: str,
-                  path: Path, dpi: int, truth: PatchTruth | None = None) -> Path:
-    """Slide thumbnail beside the same thumbnail with each tile painted by its importance.
+def slide_overlay(image: ImagePatches, scores: np.ndarray, cfg, title: str, path: Path, dpi: int,
+                  truth: PatchTruth | None = None) -> Path:
+    """Slide thumbnail beside the same thumbnail with each tile painted by its importance (``scores``, per tile).
 
     With ``truth``: the pattern outlined on the importance, and a third panel of the tiles
     painted with their node's planted fraction.
     """
-    column = PATHOLOGY.image_column
-    slide_path = manifest.image_path(case_id, column) if column in manifest.frame.columns else None
-    if slide_path is None:
-        raise FileNotFoundError(f"the manifest names no slide for {case_id}")
-    slide = open_slide(slide_path, case_id)
+    patches = image.patches
+    slide = open_slide(image.file(PATHOLOGY.image_column), patches.case_id)
     try:
         thumbnail = np.asarray(slide.get_thumbnail((cfg.thumbnail_px, cfg.thumbnail_px)).convert("RGB"))
         scale = np.array([thumbnail.shape[1] / slide.dimensions[0], thumbnail.shape[0] / slide.dimensions[1]])
@@ -174,17 +217,15 @@ def overlay_slices(mask: np.ndarray, n: int) -> list[int]:
     return [int(part[len(part) // 2]) for part in np.array_split(zs, min(n, len(zs)))]
 
 
-def ct_overlay(manifest: Manifest, case_id: str, patches: PatchFeatures, scores: np.ndarray, cfg, title: str,
-               path: Path, dpi: int, truth: PatchTruth | None = None) -> Path:
+def ct_overlay(ct: ImagePatches, scores: np.ndarray, cfg, title: str, path: Path, dpi: int,
+               truth: PatchTruth | None = None) -> Path:
     """Axial CT slices through the tumour: mask contour and the patches crossing each slice, painted.
 
     With ``truth``: the pattern outlined, and a second row of the same slices with the
     patches painted by their node's planted fraction.
     """
-    ct_path, mask_path = (manifest.image_path(case_id, column) if column in manifest.frame.columns else None
-                          for column in RADIOLOGY.image_columns)
-    if ct_path is None or mask_path is None:
-        raise FileNotFoundError(f"the manifest names no CT and mask for {case_id}")
+    patches, case_id = ct.patches, ct.patches.case_id
+    ct_path, mask_path = (ct.file(column) for column in RADIOLOGY.image_columns)
     image = read_ct(ct_path, case_id)
     volume = sitk.GetArrayFromImage(image)  # z, y, x
     mask = sitk.GetArrayFromImage(read_ct(mask_path, case_id)) > 0

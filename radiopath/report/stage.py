@@ -212,14 +212,18 @@ def overlay_section(runs: list[Run], slugs: list[str], figures: Path, cfg, manif
                 continue
             for modality, nodes in importance.items():
                 try:
-                    patches, scores = overlays.patch_importance(data.graph_dir, data.features_dir, modality,
-                                                                case_id, nodes, manifest=_manifest(run, manifests))
-                    truth = _patch_truth(source, case_id, modality, data, problems, run.label)
-                    title = f"{case_id}: {run.label}, {modality}"
-                    path = overlays.DRAW[modality](_manifest(run, manifests), case_id, patches, scores, o, title,
-                                                   figures / f"importance_{slug}_{case_id}_{modality}.png",
-                                                   cfg.figures.dpi, truth=truth)
-                    images.append(html.image(path, Path(cfg.output), cfg.embed_images, title))
+                    graph, case_images = overlays.case_images(data.graph_dir, data.features_dir, modality, case_id,
+                                                              manifest=_manifest(run, manifests))
+                    overlays.check_node_count(nodes, graph)
+                    truth = (_patch_truth(source, case_id, modality, data, problems, run.label)
+                             if len(case_images) == 1 else None)
+                    for image in case_images:
+                        part = "" if image.name is None else f"_{image.name}"
+                        title = f"{case_id}: {run.label}, {modality}" + ("" if image.name is None else f", {image.name}")
+                        path = overlays.DRAW[modality](image, nodes[image.nodes], o, title,
+                                                       figures / f"importance_{slug}_{case_id}_{modality}{part}.png",
+                                                       cfg.figures.dpi, truth=truth)
+                        images.append(html.image(path, Path(cfg.output), cfg.embed_images, title))
                 except Exception as error:  # noqa: BLE001 - one unreadable image must not stop the report
                     log.warning("overlay %s %s %s: %s", run.label, case_id, modality, error)
                     problems.append(f"{run.label}, {case_id}, {modality}: not drawn ({type(error).__name__}: {error})")
