@@ -40,7 +40,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet --no-build-isolation "pyradiomics==3.0.1"
 	$(PIP) install --quiet "torch==2.14.1" "torchvision==0.29.1"
 	$(PIP) install --quiet -e ".[dev]"
-	$(PY) scripts/fetch_test_slides.py $(VENV)/test-slides || echo "warning: no real test slide (tests/test_vendor_slides.py will skip)"
+	$(PY) scripts/fetch_test_slides.py $(VENV)/test-slides || echo "warning: a real test slide is missing (tests/test_vendor_slides.py skips its tests)"
 	touch $(STAMP)
 
 # The cohort is generated once, and again (with its features and graphs) when
