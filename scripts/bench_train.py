@@ -35,6 +35,9 @@ Agreement: the first-step losses (and each part) must match to ``--rtol`` (same 
 same batch, same dropout masks: only float rounding differs; 1e-3 because SPARRA's
 reconstruction term moves by a node's share when rounding reorders near-tied top-k scores);
 the test risks after the epoch are compared as a maximum absolute difference.
+Without ``--baseline-sparra`` each tree runs its own SPARRA with the paper's settings
+(``conf/model/sparra_paper.yaml``, the baseline's defaults), both starting from the weights
+the baseline's class draws (copied in order: the tree draws its pooling weights differently).
 ``--baseline-sparra`` builds SPARRA from the baseline's ``sparra.py`` in both workers, so a
 change of the model itself does not hide what the rest of the tree does.
 
@@ -154,6 +157,9 @@ def worker(args) -> None:
         initial = baseline_sparra(Path(args.sparra_from))(in_dims).to(device)
     else:
         initial = api.model(args.model, in_dims).to(device)
+        if args.model == "sparra" and args.weights_from:
+            torch.manual_seed(args.seed)
+            copy_weights(baseline_sparra(Path(args.weights_from))(in_dims), initial)
 
     def run(subset_train, subset_test):
         model = copy.deepcopy(initial)
@@ -229,6 +235,20 @@ def baseline_sparra(tree: Path) -> type:
     return module.SPARRAAggregator
 
 
+def copy_weights(source: torch.nn.Module, target: torch.nn.Module) -> None:
+    """``source``'s parameters and buffers into ``target``'s, in order (shapes may differ, sizes may not).
+
+    The tree's SPARRA draws its initial weights in another order than the baseline's (its
+    pooling weight is ``(hidden,)``, PyG's ``(1, hidden)`` drawn twice), so without this the two
+    would start from different weights and their losses could not be compared.
+    """
+    pairs = list(zip(source.state_dict().items(), target.state_dict().items()))
+    if len(source.state_dict()) != len(target.state_dict()) or any(
+            a.numel() != b.numel() for (_, a), (_, b) in pairs):
+        raise SystemExit("the two SPARRA implementations have different parameters: cannot share weights")
+    target.load_state_dict({name: value.reshape(mine.shape) for (_, value), (name, mine) in pairs})
+
+
 def ensure_worktree(path: Path, commit: str) -> None:
     if not (path / "radiopath").is_dir():
         subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(path), commit], check=True)
@@ -250,7 +270,7 @@ def forwarded(args) -> list[str]:
     keys = ("patients", "path_nodes", "rad_nodes", "path_dim", "rad_dim", "batch_size", "threads", "seed",
             "device", "cohort_dir")
     flags = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in keys]
-    return flags + [f"--sparra-from={args.worktree}"] * args.baseline_sparra
+    return flags + [f"--sparra-from={args.worktree}" if args.baseline_sparra else f"--weights-from={args.worktree}"]
 
 
 def agree(a: dict, b: dict, rtol: float) -> bool:
@@ -280,6 +300,7 @@ def main():
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", choices=MODELS, help=argparse.SUPPRESS)
     parser.add_argument("--sparra-from", help=argparse.SUPPRESS)
+    parser.add_argument("--weights-from", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.build:
         return build_cohort(args, cohort_path(args))

@@ -248,3 +248,23 @@ def test_batch_without_the_models_modalities_rejected(patients, name):
     model = AGGREGATORS.create(name, {"pathology": 6}, **conf_values(f"model/{name}"))
     with pytest.raises(ValueError, match="no graph"):
         model(collate_patients([{"radiology": patients[2]["radiology"]}]))
+
+
+@pytest.mark.parametrize("conv", ["gcn", "gin"])
+def test_decoder_squared_error_equals_the_error_of_the_decoded_features(conv):
+    """The expanded form SPARRA's reconstruction uses: same values and gradients as decoding every feature."""
+    from radiopath.models.sparra import GraphDecoder
+
+    torch.manual_seed(0)
+    decoder = GraphDecoder(8, 64, conv)
+    n = 40
+    sample = torch.randn(n, requires_grad=True)
+    edges = torch.randint(0, n, (2, 160))
+    edges = edges[:, edges[0] != edges[1]]
+    target = torch.randn(n, 64) * 3 + 1
+    direct = (target - decoder(sample, edges)).pow(2).sum(1)
+    expanded = decoder.squared_error(sample, edges, target)
+    torch.testing.assert_close(expanded, direct, rtol=1e-4, atol=1e-3)
+    inputs = [sample, *decoder.parameters()]
+    for a, b in zip(torch.autograd.grad(direct.sum(), inputs), torch.autograd.grad(expanded.sum(), inputs)):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-3)

@@ -58,12 +58,16 @@ class TopKNodePooling(nn.Module):
 
     def forward(self, h: Tensor, edge_index: Tensor, batch: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Pooled features, their edges, their graph index and ``perm`` (kept rows of ``h``)."""
-        y = h @ self.weight / self.weight.norm()
-        score = y.abs() if self.score == "abs" else y
         if self.score == "gated":
             score = self.gate(h).squeeze(-1).abs()
-        perm = self.select(score, batch)
-        pooled = h[perm] * score[perm].tanh().unsqueeze(-1)
+        else:
+            # PyG's product and sum, so that the same weights give the same scores to the last bit
+            y = (h * self.weight).sum(-1) / self.weight.norm(p=2)
+            score = y.abs() if self.score == "abs" else y
+        gate = score.tanh()
+        # "linear" ranks the gated scores as PyG does: nodes whose tanh saturates tie, and keep PyG's order
+        perm = self.select(gate if self.score == "linear" else score, batch)
+        pooled = h[perm] * gate[perm].unsqueeze(-1)
         edge_index, _ = filter_adj(edge_index, None, perm, num_nodes=h.size(0))
         return pooled, edge_index, batch[perm], perm
 

@@ -132,6 +132,27 @@ class GraphDecoder(nn.Module):
     def forward(self, s: Tensor, edge_index: Tensor) -> Tensor:
         return self.out(self.conv(s.unsqueeze(-1), edge_index).relu())
 
+    def squared_error(self, s: Tensor, edge_index: Tensor, target: Tensor) -> Tensor:
+        r"""Each node's :math:`\|x_i - D(s)_i\|^2` against ``target`` (N, D), without forming :math:`D(s)`.
+
+        With :math:`r_i` the hidden activations and :math:`D(s)_i = W r_i + b`,
+
+        .. math::
+            \|x_i - W r_i - b\|^2 = \|x_i\|^2 - 2\,(W^\top x_i)\cdot r_i - 2\,b \cdot x_i
+                + r_i^\top W^\top W r_i + 2\,(W^\top b) \cdot r_i + \|b\|^2,
+
+        so only (N, hidden) products carry gradients: on 1024-wide node features the
+        (N, D) decoded features and their error, forward and backward, cost more than the
+        rest of the model.
+        """
+        r = self.conv(s.unsqueeze(-1), edge_index).relu()
+        weight, bias = self.out.weight, self.out.bias  # (D, hidden), (D,)
+        with torch.no_grad():
+            target_norm = target.pow(2).sum(1)
+        gram = weight.T @ weight
+        return (target_norm - 2 * ((target @ weight) * r).sum(1) - 2 * (target @ bias)
+                + ((r @ gram) * r).sum(1) + 2 * (r @ (weight.T @ bias)) + bias @ bias)
+
 
 def per_modality_ratio(ratio: float | Mapping[str, float], modalities: list[str]) -> dict[str, float]:
     """Each modality's top-k ratio, a fraction in (0, 1]; :class:`ConfigError` names a bad one (``ratio.pathology``)."""
@@ -242,8 +263,8 @@ class SPARRAAggregator(Aggregator):
             z = global_add_pool(w.unsqueeze(-1) * h_m, graph, size=g.num_graphs)
             blocks[m] = patient_block(z, g.patient, batch.num_patients)
             importance[m] = w.detach().new_zeros(g.num_nodes).index_copy(0, nodes, w.detach())
-            error = 0.5 * (g.x[nodes] - self.decoders[m](s_m, edge_index)).pow(2)
-            recon = recon + (error.mean(1) if self.reduction == "mean" else error.sum(1)).sum()
+            error = 0.5 * self.decoders[m].squared_error(s_m, edge_index, g.x[nodes])
+            recon = recon + (error / g.x.size(1) if self.reduction == "mean" else error).sum()
 
         kl = expected_normal_kl(mu, var, alpha_v, beta_v, self.prior["mu0"], self.prior["lambda0"])
         if self.gamma_kl:
