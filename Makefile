@@ -12,7 +12,7 @@ DEMO := data/demo
 # The classification cohort: more patients than the survival demo, so that grade and
 # aggressiveness (malignant cases only) have enough cases per class for a test split + 5 folds.
 DEMO_CLASSIFY := data/demo_classify
-CLASSIFY_TR := malignancy_tr grade_tr aggressiveness_tr
+CLASSIFY_TR := malignancy_tr grade_tr aggressiveness_tr aggressiveness_tr_centres aggressiveness_tr_nested
 DEMO_CLASSIFY_ARGS := data.manifest=$(DEMO_CLASSIFY)/manifest.csv data.name=demo_classify
 # Demo slides: 128-px (64 um) tiles and clustering that keeps a few hundred nodes a slide.
 DEMO_WSI := wsi=demo graph/pathology=slidegraph_demo

@@ -251,19 +251,19 @@ def test_task_excludes_and_lists_missing_labels(tmp_path):
         {"case_id": "c", "malignant": 0, "high_grade": None}, {"case_id": "d", "malignant": None, "high_grade": 0},
         {"case_id": "e", "malignant": 1, "high_grade": 0},
     ])
-    task = load_task(manifest, "grade", "high_grade", {"malignant": 1})
+    task = load_task(manifest, "grade", "high_grade", {"malignant": 1}, negatives={})
     assert list(task.cases["case_id"]) == ["a", "e"] and list(task.y) == [1, 0]
     assert dict(zip(task.excluded["case_id"], task.excluded["reason"])) == {
         "d": "no malignant value", "b": "no high_grade label"}
     assert task.n_outside == 1 and "excluded: d, b" in task.summary()
-    malignancy = load_task(manifest, "malignancy", "malignant", {})
+    malignancy = load_task(manifest, "malignancy", "malignant", {}, negatives={})
     assert list(malignancy.excluded["case_id"]) == ["d"]
 
 
 def test_task_rejects_a_label_that_is_not_binary(tmp_path):
     manifest = _write_manifest(tmp_path / "m.csv", [{"case_id": "a", "malignant": 1}, {"case_id": "b", "malignant": 2}])
     with pytest.raises(ManifestError, match="case 'b': malignant must be 0 or 1"):
-        load_task(manifest, "malignancy", "malignant", {})
+        load_task(manifest, "malignancy", "malignant", {}, negatives={})
 
 
 def test_stage_writes_tables_figures_and_report(compose_config, tmp_path):

@@ -35,12 +35,13 @@ RADIOMICS = {
     "image_types": ["Original"], "bin_count": 16,
 }
 SMALL = {"pca_components": 4, "smote_k_neighbors": 3}
+OWN = {"tr_rf": {"permutation_repeats": 2}, "tr_xgb": {}}  # each pipeline's own settings
 
 
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
     manifest = make_demo_cohort(tmp_path_factory.mktemp("cohort"), 30, 11, **TINY)
-    return load_task(manifest, "malignancy", "malignant", {})
+    return load_task(manifest, "malignancy", "malignant", {}, negatives={})
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def test_tr_pipeline_fits_scaler_pca_and_smote_on_training_rows_only(task, radio
 
     monkeypatch.setattr(SMOTE, "fit_resample", recording)
     train = np.arange(len(task.y)) % 3 != 0
-    pipeline = PIPELINES.create("tr_rf", radiomics=radiomics, classifier={"n_estimators": 20}, **SMALL)
+    pipeline = PIPELINES.create("tr_rf", radiomics=radiomics, classifier={"n_estimators": 20}, **SMALL, **OWN["tr_rf"])
     pipeline.fit(task.cases[train].reset_index(drop=True), task.y[train])
     x_train = pipeline.features(task.cases[train])
 
@@ -76,7 +77,7 @@ def test_tr_pipeline_fits_scaler_pca_and_smote_on_training_rows_only(task, radio
 @pytest.mark.parametrize("name", ["tr_rf", "tr_xgb"])
 def test_tr_beats_chance_on_demo_malignancy(task, radiomics, name):
     splits = make_splits(task.cases["case_id"], task.y, test_fraction=0.2, n_folds=3, seed=0)
-    spec = PipelineSpec(name, name, {"radiomics": radiomics, **SMALL, "classifier": {"n_estimators": 30}})
+    spec = PipelineSpec(name, name, {"radiomics": radiomics, **SMALL, **OWN[name], "classifier": {"n_estimators": 30}})
     result = evaluate([spec], task.cases, splits, seed=0, test_model="ensemble", show_progress=False)
     assert result.failures == []
     predictions = result.predictions
@@ -125,7 +126,8 @@ def test_prepare_inputs_computes_pending_inputs_only(task, tmp_path):
 def test_parallel_evaluation_equals_the_single_process_one(task, tmp_path):
     splits = make_splits(task.cases["case_id"], task.y, test_fraction=0.2, n_folds=3, seed=0)
     radiomics = {**RADIOMICS, "cache_dir": str(tmp_path)}  # a cold cache: the inputs are computed in the workers
-    specs = [PipelineSpec(name, name, {"radiomics": radiomics, **SMALL, "classifier": {"n_estimators": 20}})
+    specs = [PipelineSpec(name, name, {"radiomics": radiomics, **SMALL, **OWN[name],
+                                       "classifier": {"n_estimators": 20}})
              for name in ("tr_rf", "tr_xgb")]
     parallel = evaluate(specs, task.cases, splits, seed=0, test_model="ensemble", show_progress=False, jobs=2)
     assert len(list(tmp_path.rglob("*.npz"))) == len(task.cases)
@@ -141,7 +143,7 @@ def test_an_unusable_case_is_named(task, radiomics, tmp_path):
     mask = sitk.ReadImage(cases.loc[1, "mask"])
     sitk.WriteImage(mask * 0, str(empty))
     cases.loc[1, "mask"] = str(empty)
-    pipeline = PIPELINES.create("tr_rf", radiomics=radiomics, **SMALL)
+    pipeline = PIPELINES.create("tr_rf", radiomics=radiomics, classifier={}, **SMALL, **OWN["tr_rf"])
     with pytest.raises(CaseError, match=cases.loc[1, "case_id"]):
         pipeline.fit(cases, np.array([0, 1, 0, 1]))
 
@@ -153,7 +155,7 @@ def test_classify_command_on_the_demo_cohort(task, radiomics, run_command, tmp_p
     overrides = [
         "experiment_classify=malignancy_tr", f"data.manifest={manifest}", f"output_dir={tmp_path}",
         f"radiomics.cache_dir={radiomics['cache_dir']}", "ct.spacing_mm=1.6", "ct.margin_mm=4.0",
-        "radiomics.image_types=[Original]",
+        "radiomics.image_types=[Original]", "classify/radiomics/features@radiomics.features=fo_glcm_glrlm",
         "radiomics.log_sigma=[1.0,3.0]", "radiomics.bin_count=16", "evaluation.n_folds=3",
         "evaluation.n_boot=100", "progress=false",
         *[f"pipelines.{name}.kwargs.{key}={value}" for name in ("tr_rf", "tr_xgb") for key, value in SMALL.items()],
@@ -168,3 +170,8 @@ def test_classify_command_on_the_demo_cohort(task, radiomics, run_command, tmp_p
     record = json.loads((tmp_path / RECORD_NAME).read_text(encoding="utf-8"))
     assert record["stage"] == "classify" and record["dataset"]["cases"] == 30
     assert {entry["role"] for entry in record["inputs"]} >= {"cohort manifest", "splits"}
+    # the forest's principal components per fit (the RGCNN paper's Fig. 3), tables and the figure in the report
+    fits = sorted(path.name for path in (tmp_path / "pipelines" / "tr_rf").glob("*_pc_importance.csv"))
+    assert fits == ["fold0_pc_importance.csv", "fold1_pc_importance.csv", "fold2_pc_importance.csv"]
+    assert not (tmp_path / "pipelines" / "tr_xgb").exists()
+    assert "figures/pc_importance_tr_rf.png" in (tmp_path / "report.html").read_text()

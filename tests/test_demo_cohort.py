@@ -49,6 +49,8 @@ def test_manifest_loads_without_problems_and_paths_are_relative(cohort):
     assert list(raw.columns) == [
         "case_id", "ct", "mask", "wsi", "os_time", "os_event", "malignant",
         "isup_grade", "high_grade", "aggressive", "age", "sex", "tumour_size_mm",
+        "centre", "tnm_stage", "histology", "dss_time", "dss_event", "rfs_time", "rfs_event",
+        "reader_a", "reader_b", "reader_c",
     ]
     assert raw["case_id"].tolist() == ["demo-000", "demo-001", "demo-002", "demo-003"]
     assert all(not Path(p).is_absolute() for column in ("ct", "mask", "wsi") for p in raw[column])
@@ -189,11 +191,13 @@ def sample_many(n: int) -> pd.DataFrame:
     cfg = dc.demo_config()
     rows = []
     for i, seed in enumerate(np.random.SeedSequence(7).spawn(n)):
-        design_rng, size_rng, outcome_rng = (np.random.default_rng(s) for s in seed.spawn(3))
+        design_rng, size_rng, outcome_rng, clinical_rng = (np.random.default_rng(s) for s in seed.spawn(4))
         design = dc.sample_design(design_rng, f"p{i}", cfg)
         size = size_rng.uniform(20, 60)
         outcome = dc.sample_outcome(outcome_rng, design, size, cfg)
-        rows.append({**vars(design), **vars(outcome), "size": size})
+        clinical = vars(dc.sample_clinical(clinical_rng, design, outcome, size, cfg))
+        calls = {f"reader_{name}": call for name, call in clinical.pop("reader_calls").items()}
+        rows.append({**vars(design), **vars(outcome), **clinical, **calls, "size": size})
     return pd.DataFrame(rows)
 
 
@@ -239,6 +243,25 @@ def test_labels_carry_signal(many):
     assert 0.25 < aggressive.mean() < 0.75
     assert malignant.loc[aggressive, "z"].mean() > malignant.loc[~aggressive, "z"].mean() + 0.5
     assert many.loc[~many["malignant"], ["isup_grade", "high_grade", "aggressive"]].isna().all().all()
+
+
+def test_dss_rfs_stage_and_readers_follow_the_stated_model(many):
+    cfg = dc.demo_config()
+    malignant, benign = many[many["malignant"]], many[~many["malignant"]]
+    # A death from the tumour is a death, preceded by a recurrence; benign tumours neither recur nor kill.
+    assert (many["dss_event"] <= many["os_event"]).all() and (many["dss_event"] <= many["rfs_event"]).all()
+    assert (many["rfs_time_days"] <= many["os_time_days"]).all()
+    assert (many["dss_time_days"] == many["os_time_days"]).all()
+    assert benign[["dss_event", "rfs_event"]].eq(0).all().all() and benign["tnm_stage"].isna().all()
+    assert 0.3 < malignant["dss_event"].mean() < malignant["os_event"].mean()
+    assert set(malignant["tnm_stage"]) == {1, 2, 3, 4}
+    assert spearmanr(malignant["tnm_stage"], malignant["z"]).statistic > 0.3
+    assert malignant.groupby("aggressive")["dss_event"].mean().diff().iloc[-1] > 0.1  # aggressive die more of it
+    assert set(many["centre"]) == {"A", "B"} and abs((many["centre"] == "B").mean() - 0.3) < 0.04
+    assert set(benign["histology"]) == {"angiomyolipoma"} and "clear_cell" in set(malignant["histology"])
+    for name, (sensitivity, specificity) in cfg.readers.items():
+        assert abs(malignant[f"reader_{name}"].mean() - sensitivity) < 0.04
+        assert abs(1 - benign[f"reader_{name}"].mean() - specificity) < 0.07
 
 
 def test_unknown_or_inconsistent_parameters_raise():

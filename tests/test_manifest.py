@@ -64,3 +64,13 @@ def test_shards_partition_the_cohort(tmp_path):
     shards = [manifest.select_shard(i, 3).case_ids for i in range(3)]
     assert sorted(sum(shards, [])) == sorted(manifest.case_ids)
     assert all(set(a).isdisjoint(b) for i, a in enumerate(shards) for b in shards[i + 1 :])
+
+
+def test_phase_columns_are_paths_relative_to_the_manifest(tmp_path):
+    (tmp_path / "ct").mkdir()
+    (tmp_path / "ct" / "p_late.nii.gz").write_bytes(b"")
+    pd.DataFrame([{"case_id": "p", "phase_late": "ct/p_late.nii.gz"},
+                  {"case_id": "q", "phase_late": "ct/missing.nii.gz"}]).to_csv(tmp_path / "manifest.csv", index=False)
+    manifest = load_manifest(tmp_path / "manifest.csv")
+    assert manifest.frame["phase_late"].tolist() == [str(tmp_path / "ct" / "p_late.nii.gz")]
+    assert "phase_late file not found" in str(manifest.problems[0])

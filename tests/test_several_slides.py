@@ -227,3 +227,4 @@ def test_the_report_draws_each_slide_of_a_patient_on_its_own(cohort):
     assert any(name.endswith(f"_{one}_pathology.png") for name in drawn), drawn
     text = (cohort["report"] / "report.html").read_text()
     assert f"{two}, pathology: not drawn" not in text
+

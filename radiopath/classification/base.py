@@ -46,6 +46,13 @@ class CasePipeline(ABC):
         evaluation can compute them for every case up front, in parallel; none by default."""
         return []
 
+    def fitted_tables(self) -> dict[str, pd.DataFrame]:
+        """Tables a fitted pipeline reports about its fit (e.g. ``pc_importance``), by name; none by default.
+
+        Called after ``fit``; the evaluation writes each fold's tables beside its predictions.
+        """
+        return {}
+
 
 # Imported on first use: the deep pipelines pull in torch models the radiomics ones never need.
 PIPELINES = Registry("classification pipeline", builtin_modules=tuple(

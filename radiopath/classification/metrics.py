@@ -1,4 +1,5 @@
-"""Test-split metrics: ROC AUC, PR-AUC, thresholded scores at the Youden threshold, Brier.
+"""Test-split metrics: ROC AUC, PR-AUC, thresholded scores at the Youden threshold (accuracy, F1,
+sensitivity, specificity, precision), Brier.
 
 Every metric comes with a percentile bootstrap CI over the test cases (resamples
 with one class only are skipped, as an AUC is undefined there). A resample is a row
@@ -55,7 +56,7 @@ def average_precision(weights: np.ndarray, y: np.ndarray, p: np.ndarray) -> np.n
 
 
 def confusion_metrics(threshold: float) -> dict[str, Metric]:
-    """Accuracy, F1, sensitivity and specificity predicting positive at ``p >= threshold``."""
+    """Accuracy, F1, sensitivity, specificity and precision predicting positive at ``p >= threshold``."""
 
     def counts(weights, y, p):
         predicted = p >= threshold
@@ -78,7 +79,12 @@ def confusion_metrics(threshold: float) -> dict[str, Metric]:
         _, tn, fp, _ = counts(w, y, p)
         return _ratio(tn, tn + fp)
 
-    return {"accuracy": accuracy, "f1": f1, "sensitivity": sensitivity, "specificity": specificity}
+    def precision(w, y, p):
+        tp, _, fp, _ = counts(w, y, p)
+        return _ratio(tp, tp + fp)
+
+    return {"accuracy": accuracy, "f1": f1, "sensitivity": sensitivity, "specificity": specificity,
+            "precision": precision}
 
 
 def brier(weights: np.ndarray, y: np.ndarray, p: np.ndarray) -> np.ndarray:

@@ -7,11 +7,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from radiopath.classification.clinical import ClinicalResults
+from radiopath.classification.clinical_report import clinical_sections
 from radiopath.report import html
 
 METRIC_TITLES = {
     "roc_auc": "ROC AUC", "pr_auc": "PR AUC", "accuracy": "Accuracy", "f1": "F1",
-    "sensitivity": "Sensitivity", "specificity": "Specificity", "brier": "Brier",
+    "sensitivity": "Sensitivity", "specificity": "Specificity", "precision": "Precision", "brier": "Brier",
 }
 
 
@@ -57,9 +59,12 @@ def delong_html(delong: pd.DataFrame, order: list[str]) -> str:
 def render_classification_report(
     path: Path, title: str, task_summary: str, metrics: pd.DataFrame, delong: pd.DataFrame,
     figures: list[tuple[Path, str]], excluded: pd.DataFrame, failures: list[tuple[str, str]], settings: str,
-    embed_images: bool,
+    embed_images: bool, *, clinical: ClinicalResults, tuning: pd.DataFrame | None,
 ) -> str:
-    """The classification report's HTML text; the caller writes it to ``path`` (images are relative to its folder)."""
+    """The classification report's HTML text; the caller writes it to ``path`` (images are relative to its folder).
+
+    ``clinical`` adds its sections after the figures; ``tuning`` (nested CV) the chosen hyperparameters.
+    """
     order = list(dict.fromkeys(metrics["pipeline"]))
     problems = [f"{pipeline} failed: {error}" for pipeline, error in failures]
     sections = [
@@ -72,6 +77,7 @@ def render_classification_report(
         ("delong", "DeLong's test", delong_html(delong, order)),
         ("figures", "ROC and calibration", '<div class="grid">' + "".join(
             html.image(figure, path.parent, embed_images, caption) for figure, caption in figures) + "</div>"),
+        *clinical_sections(clinical, tuning, path.parent, embed_images),
         ("settings", "Settings", f"<pre>{html.escape(settings)}</pre>"),
     ]
     return html.page(title, sections)

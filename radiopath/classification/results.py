@@ -1,4 +1,5 @@
-"""Tables computed from an evaluation's predictions: metrics, DeLong pairs, calibration."""
+"""Tables computed from an evaluation's predictions: metrics (test part, external centres), confusion
+matrices, DeLong pairs, calibration, and the scored sets the clinical analyses read."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from itertools import permutations
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import confusion_matrix
 
 from radiopath.classification.calibration import calibration_table
 from radiopath.classification.delong import delong_test
@@ -34,6 +36,43 @@ def metrics_table(predictions: pd.DataFrame, thresholds: pd.DataFrame, n_boot: i
     if not frames:
         return pd.DataFrame(columns=columns)
     return pd.concat(frames, ignore_index=True).reindex(columns=columns)
+
+
+def scored_sets(predictions: pd.DataFrame, thresholds: pd.DataFrame, cases: pd.DataFrame,
+                centre_column: str) -> pd.DataFrame:
+    """Predictions of the cases no model was fitted on, each in its ``set``: ``test`` (the held-out test
+    part) or, for an external case, its centre; with the pipeline's ``threshold`` (mean validation-fold
+    Youden threshold: training cases only) and the case's manifest columns."""
+    scored = predictions[predictions["split"] != "cv"]
+    columns = [c for c in cases.columns if c == "case_id" or c not in scored.columns]
+    scored = scored.merge(cases[columns], on="case_id", how="left")
+    external = scored["split"] == "external"
+    names = scored[centre_column].astype(str) if external.any() else ""
+    threshold = thresholds.groupby("pipeline")["threshold"].mean()
+    return scored.assign(set=np.where(external, names, "test"), threshold=scored["pipeline"].map(threshold))
+
+
+def external_metrics_tables(scored: pd.DataFrame, n_boot: int, seed: int, level: float) -> dict[str, pd.DataFrame]:
+    """Centre -> ``pipeline, metric, value, ci_low, ci_high`` on that external centre, as for the test part."""
+    tables = {}
+    for centre, part in scored[scored["split"] == "external"].groupby("set", sort=False):
+        frames = [score_predictions(rows["y"].to_numpy(), rows["p"].to_numpy(), float(rows["threshold"].iloc[0]),
+                                    n_boot, seed, level).assign(pipeline=pipeline)
+                  for pipeline, rows in part.groupby("pipeline", sort=False)]
+        table = pd.concat(frames, ignore_index=True)
+        tables[str(centre)] = table[["pipeline", "metric", "value", "ci_low", "ci_high"]]
+    return tables
+
+
+def confusion_tables(scored: pd.DataFrame) -> pd.DataFrame:
+    """``set, pipeline, threshold, tn, fp, fn, tp`` at each pipeline's training-part threshold."""
+    rows = []
+    for (set_name, pipeline), part in scored.groupby(["set", "pipeline"], sort=False):
+        threshold = float(part["threshold"].iloc[0])
+        matrix = confusion_matrix(part["y"].astype(int), (part["p"] >= threshold).astype(int), labels=[0, 1])
+        rows.append({"set": set_name, "pipeline": pipeline, "threshold": threshold,
+                     **dict(zip(("tn", "fp", "fn", "tp"), map(int, matrix.ravel())))})
+    return pd.DataFrame(rows, columns=["set", "pipeline", "threshold", "tn", "fp", "fn", "tp"])
 
 
 def paired_test_scores(predictions: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:

@@ -10,7 +10,9 @@ Before any fit, the per-case inputs the pipelines declare (:meth:`CasePipeline.i
 crops, radiomics, slices; nothing fitted) are computed for every case that lacks them,
 in parallel over cases. Then each fold fits every pipeline in turn, inside
 :func:`~radiopath.classification.sharing.shared_fits` so pipelines built on the same
-sub-model train it once; folds run in parallel over ``jobs`` processes.
+sub-model train it once; folds run in parallel over ``jobs`` processes. With nested CV
+(``nested_folds``) a pipeline with a ``grid`` is first tuned by inner folds of the fit's own
+training part (:mod:`~radiopath.classification.nested`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from tqdm import tqdm
 from radiopath.classification import ct_inputs
 from radiopath.classification.base import PIPELINES, CasePipeline
 from radiopath.classification.metrics import youden_threshold
+from radiopath.classification.nested import tune
 from radiopath.classification.parallel import run_jobs
 from radiopath.classification.sharing import shared_fits
 from radiopath.classification.splits import TEST
@@ -37,20 +40,33 @@ TEST_MODELS = ("ensemble", "refit")
 
 @dataclass(frozen=True)
 class PipelineSpec:
-    """One compared model: ``label`` in the outputs, registry ``name`` and its builder ``kwargs``."""
+    """One compared model: ``label`` in the outputs, registry ``name``, its builder ``kwargs``, and the
+    ``grid`` (dotted kwargs key -> values) nested CV tunes."""
 
     label: str
     name: str
     kwargs: Mapping = field(default_factory=dict)
+    grid: Mapping = field(default_factory=dict)
 
 
 @dataclass
 class Evaluation:
     """Per-patient predictions of every pipeline that finished, their thresholds, and failures."""
 
-    predictions: pd.DataFrame  # pipeline, case_id, split (cv | test), fold, y, p
+    predictions: pd.DataFrame  # pipeline, case_id, split (cv | test | external), fold, y, p
     thresholds: pd.DataFrame  # pipeline, fold, threshold, auc (validation fold)
     failures: list[tuple[str, str]]  # (pipeline, error)
+    tuning: pd.DataFrame  # nested CV: pipeline, fold, params, inner_auc_mean, inner_auc_std, chosen
+    tables: list[tuple[str, int, str, pd.DataFrame]]  # (pipeline, fold, name, table) of fitted_tables()
+
+
+@dataclass
+class FitOutcome:
+    """What one fit of one pipeline gives: scores of each scored part, its tables, the nested-CV scores."""
+
+    scores: list[np.ndarray]
+    tables: dict[str, pd.DataFrame]
+    tuning: pd.DataFrame | None
 
 
 @dataclass(frozen=True)
@@ -71,13 +87,26 @@ def _check_proba(label: str, p, n: int) -> np.ndarray:
     return p
 
 
+def _fitted(name: str, kwargs: Mapping, seed: int, train: pd.DataFrame, y_train: np.ndarray) -> CasePipeline:
+    pipeline: CasePipeline = PIPELINES.create(name, random_state=seed, **kwargs)
+    return pipeline.fit(train.reset_index(drop=True), y_train) or pipeline
+
+
 def _fit_predict(spec: PipelineSpec, seed: int, train: pd.DataFrame, y_train: np.ndarray,
-                 held_out: list[pd.DataFrame]) -> list[np.ndarray]:
-    """Fit a fresh pipeline on ``train`` only and score each frame of ``held_out``."""
-    pipeline: CasePipeline = PIPELINES.create(spec.name, random_state=seed, **spec.kwargs)
-    pipeline.fit(train.reset_index(drop=True), y_train)
-    return [_check_proba(spec.label, pipeline.predict_proba(part.reset_index(drop=True)), len(part))
-            for part in held_out]
+                 held_out: list[pd.DataFrame], nested_folds: int | None) -> FitOutcome:
+    """Fit a fresh pipeline on ``train`` only (tuned on ``train`` only when nested) and score each frame of ``held_out``."""
+    kwargs, tuning = spec.kwargs, None
+    if nested_folds and spec.grid:
+        def fit_predict(point_kwargs, inner_train, inner_y, inner_held):
+            inner = _fitted(spec.name, point_kwargs, seed, inner_train, inner_y)
+            return _check_proba(spec.label, inner.predict_proba(inner_held.reset_index(drop=True)), len(inner_held))
+
+        kwargs, tuning = tune(label=spec.label, kwargs=spec.kwargs, grid=spec.grid, cases=train.reset_index(drop=True),
+                              y=y_train, inner_folds=nested_folds, seed=seed, fit_predict=fit_predict)
+    pipeline = _fitted(spec.name, kwargs, seed, train, y_train)
+    scores = [_check_proba(spec.label, pipeline.predict_proba(part.reset_index(drop=True)), len(part))
+              for part in held_out]
+    return FitOutcome(scores, pipeline.fitted_tables(), tuning)
 
 
 def plan_fits(splits: pd.DataFrame, seed: int, test_model: str) -> list[Fit]:
@@ -93,14 +122,15 @@ def plan_fits(splits: pd.DataFrame, seed: int, test_model: str) -> list[Fit]:
     return fits
 
 
-def fit_fold(specs: list[PipelineSpec], cases: pd.DataFrame, y: np.ndarray, fit: Fit) -> dict[str, list | str]:
-    """Every pipeline fitted on one training part: label -> scores of each scored part, or the error text."""
-    results: dict[str, list | str] = {}
+def fit_fold(specs: list[PipelineSpec], cases: pd.DataFrame, y: np.ndarray, fit: Fit,
+             nested_folds: int | None) -> dict[str, FitOutcome | str]:
+    """Every pipeline fitted on one training part: label -> its outcome, or the error text."""
+    results: dict[str, FitOutcome | str] = {}
     with shared_fits():
         for spec in specs:
             try:
                 results[spec.label] = _fit_predict(spec, fit.seed, cases[fit.train], y[fit.train],
-                                                   [cases[part] for part in fit.scored])
+                                                   [cases[part] for part in fit.scored], nested_folds)
             except Exception as err:  # one broken pipeline must not sink the comparison
                 log.exception("pipeline %s failed (fold %d)", spec.label, fit.fold)
                 results[spec.label] = f"{type(err).__name__}: {err}"
@@ -124,11 +154,14 @@ def prepare_inputs(specs: list[PipelineSpec], cases: pd.DataFrame, jobs: int = 1
 
 
 def evaluate(specs: list[PipelineSpec], cases: pd.DataFrame, splits: pd.DataFrame, seed: int,
-             test_model: str, show_progress: bool = True, jobs: int = 1, threads: int | None = None) -> Evaluation:
+             test_model: str, show_progress: bool = True, jobs: int = 1, threads: int | None = None,
+             nested_folds: int | None = None) -> Evaluation:
     """Evaluate every pipeline on the same splits; a pipeline that raises in any fit is recorded and skipped.
 
     ``jobs`` worker processes compute the inputs (over cases) and the fits (over folds),
-    each with at most ``threads`` threads; results do not depend on either.
+    each with at most ``threads`` threads; results do not depend on either. ``nested_folds``:
+    tune each pipeline's grid by that many inner folds of every training part (None: no tuning).
+    Cases of ``splits``' part ``external`` are scored like the test part and predicted as ``external``.
     """
     if list(cases["case_id"]) != list(splits["case_id"]):
         raise ValueError("cases and splits must list the same case ids in the same order")
@@ -136,19 +169,25 @@ def evaluate(specs: list[PipelineSpec], cases: pd.DataFrame, splits: pd.DataFram
     y = splits["y"].to_numpy()
     fits = plan_fits(splits, seed, test_model)
     prepare_inputs(specs, cases, jobs, threads, show_progress)
-    results = list(tqdm(run_jobs(fit_fold, [(specs, cases, y, fit) for fit in fits], jobs, threads),
+    results = list(tqdm(run_jobs(fit_fold, [(specs, cases, y, fit, nested_folds) for fit in fits], jobs, threads),
                         total=len(fits), desc=f"folds x {len(specs)} pipelines", unit="fold",
                         disable=not show_progress))
-    predictions, thresholds, failures = [], [], []
+    predictions, thresholds, failures, tuning, tables = [], [], [], [], []
+    test = splits["fold"].to_numpy() == TEST
+    parts = splits["part"].to_numpy()[test]
     for spec in specs:
         outcomes = [result[spec.label] for result in results]
         error = next((outcome for outcome in outcomes if isinstance(outcome, str)), None)
         if error is not None:
             failures.append((spec.label, error))
             continue
-        p, t = _collect(spec.label, cases, y, splits["fold"].to_numpy() == TEST, fits, outcomes)
+        p, t = _collect(spec.label, cases, y, test, parts, fits, [outcome.scores for outcome in outcomes])
         predictions.append(p)
         thresholds.append(t)
+        for fit, outcome in zip(fits, outcomes):
+            tables += [(spec.label, fit.fold, name, table) for name, table in outcome.tables.items()]
+            if outcome.tuning is not None:
+                tuning.append(outcome.tuning.assign(pipeline=spec.label, fold=fit.fold))
     columns = ["pipeline", "case_id", "split", "fold", "y", "p"]
     return Evaluation(
         predictions=(pd.concat(predictions, ignore_index=True)[columns] if predictions
@@ -156,12 +195,18 @@ def evaluate(specs: list[PipelineSpec], cases: pd.DataFrame, splits: pd.DataFram
         thresholds=(pd.concat(thresholds, ignore_index=True) if thresholds
                     else pd.DataFrame(columns=["fold", "threshold", "auc", "pipeline"])),
         failures=failures,
+        tuning=(pd.concat(tuning, ignore_index=True) if tuning else pd.DataFrame(
+            columns=["pipeline", "fold", "params", "inner_auc_mean", "inner_auc_std", "chosen"])),
+        tables=tables,
     )
 
 
-def _collect(label: str, cases: pd.DataFrame, y: np.ndarray, test: np.ndarray, fits: list[Fit],
-             scores: list[list[np.ndarray]]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Predictions (``split``, ``fold``, ``y``, ``p`` per case) and per-fold Youden thresholds of one pipeline."""
+def _collect(label: str, cases: pd.DataFrame, y: np.ndarray, test: np.ndarray, test_parts: np.ndarray,
+             fits: list[Fit], scores: list[list[np.ndarray]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Predictions (``split``, ``fold``, ``y``, ``p`` per case) and per-fold Youden thresholds of one pipeline.
+
+    The cases no model was fitted on (``test``) get their part (``test`` or ``external``) as ``split``.
+    """
     rows, thresholds, test_scores = [], [], []
     for fit, fit_scores in zip(fits, scores):
         if fit.fold == TEST:  # the refit scores the test part only
@@ -172,7 +217,7 @@ def _collect(label: str, cases: pd.DataFrame, y: np.ndarray, test: np.ndarray, f
                                   "y": y[held], "p": p}))
         thresholds.append({"fold": fit.fold, "threshold": youden_threshold(y[held], p), "auc": _auc_or_nan(y[held], p)})
         test_scores.extend(fit_scores[1:])
-    rows.append(pd.DataFrame({"case_id": cases.loc[test, "case_id"], "split": "test", "fold": TEST,
+    rows.append(pd.DataFrame({"case_id": cases.loc[test, "case_id"], "split": test_parts, "fold": TEST,
                               "y": y[test], "p": np.mean(test_scores, axis=0)}))
     predictions = pd.concat(rows, ignore_index=True).assign(pipeline=label)
     return predictions, pd.DataFrame(thresholds).assign(pipeline=label)

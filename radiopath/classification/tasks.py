@@ -1,9 +1,11 @@
 """Classification tasks drawn from the cohort manifest.
 
-A task names a label column and the population it applies to (``conf/classify/task/``):
-malignancy on every case, grade and aggressiveness on malignant cases only. A case of
-the population without a usable label is excluded *and listed*, never dropped silently;
-so are the rows the manifest itself rejected.
+A task names a label column, the population it applies to and the cases that are
+negatives whatever their label (``conf/classify/task/``): malignancy on every case, grade
+on malignant cases only, aggressiveness on every case with benign tumours counted as
+indolent (``aggressiveness_malignant``: malignant cases only). A case of the population
+without a usable label is excluded *and listed*, never dropped silently; so are the rows
+the manifest itself rejected.
 """
 
 from __future__ import annotations
@@ -44,15 +46,18 @@ class TaskData:
 
 
 def load_task(
-    manifest_path: str | Path, name: str, label: str, population: Mapping[str, object], allow_outside: bool = False
+    manifest_path: str | Path, name: str, label: str, population: Mapping[str, object], allow_outside: bool = False,
+    *, negatives: Mapping[str, object],
 ) -> TaskData:
     """Cases of task ``name``: manifest rows matching ``population`` (column -> value), labelled by ``label``.
 
-    A label must be 0 or 1; an empty one excludes the case (listed in ``excluded``), any other
-    value is an error naming the case. Rows the manifest rejected are listed too.
-    ``allow_outside`` lets image paths lead outside the manifest's folder.
+    A case matching every ``negatives`` entry (column -> value; none if empty) is negative
+    whatever its label (a benign tumour is indolent). Otherwise a label must be 0 or 1; an
+    empty one excludes the case (listed in ``excluded``), any other value is an error naming
+    the case. Rows the manifest rejected are listed too. ``allow_outside`` lets image paths
+    lead outside the manifest's folder.
     """
-    manifest = load_manifest(manifest_path, required=(label, *population), allow_outside=allow_outside)
+    manifest = load_manifest(manifest_path, required=(label, *population, *negatives), allow_outside=allow_outside)
     frame = manifest.frame
     excluded = [(problem.case_id, f"manifest: {problem.reason}") for problem in manifest.problems]
 
@@ -67,6 +72,11 @@ def load_task(
     frame = frame.loc[inside & ~unknown].reset_index(drop=True)
 
     values = pd.to_numeric(frame[label], errors="coerce")
+    if negatives:
+        negative = pd.Series(True, index=frame.index)
+        for column, value in negatives.items():
+            negative &= pd.to_numeric(frame[column], errors="coerce") == value
+        values = values.mask(negative, 0)
     for case_id, raw, value in zip(frame["case_id"], frame[label], values):
         if not pd.isna(raw) and value not in (0, 1):
             raise ManifestError(f"{manifest.path}: case {case_id!r}: {label} must be 0 or 1, got {raw!r}")

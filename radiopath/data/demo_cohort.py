@@ -66,6 +66,25 @@ Labels (empty for benign tumours)
     ``aggressive ~ Bernoulli(sigmoid(-0.6 + 1.2 z + 0.6 (size_mm - 40) / 10))``
     (about 45%). ``tumour_size_mm`` is the largest diameter of the tumour mask.
 
+Clinical evaluation columns (a fifth random stream per patient, drawn after the others, so
+the images, ``os_*`` and the labels above are those of a cohort without these columns)
+    ``centre`` is A with probability 0.7, else B [clinical.centres, centre_weights]: a label
+    only (same images), the external test cohort of ``evaluation=by_centre``.
+    ``histology``: clear_cell / papillary / chromophobe with probabilities 0.7 / 0.2 / 0.1 for
+    malignant tumours, angiomyolipoma for the (fat-containing) benign ones.
+    ``tnm_stage`` (AJCC stage group 1-4, empty for benign) = 1 + #{c in (0.3, 1.1, 1.8) : c < s},
+    ``s = 0.8 z + 0.8 (size_mm - 40) / 10 + N(0, 0.6^2)`` [clinical.stage_*].
+    Recurrence and cause of death (malignant only; benign tumours neither recur nor kill):
+    with the tumour log-hazard ``h = 0.7 (sev_ct - 0.75) / 0.13 + 0.7 (sev_wsi - 0.75) / 0.13``,
+    a latent recurrence time ``R = 4000 (E / exp(h))^(1 / 1.3)`` days [recurrence.weibull_*];
+    an observed death is from the tumour with probability ``sigmoid(0.5 + h)``
+    [recurrence.cancer_death_*], and then ``R = min(R, U(0.3, 0.9) os_time)`` (a recurrence
+    precedes a death from the tumour). ``dss_time = os_time``, ``dss_event`` = death from the
+    tumour; ``rfs_time = min(R, os_time)``, ``rfs_event = [R < os_time]``. So
+    ``dss_event <= rfs_event``, ``dss_event <= os_event`` and ``rfs_time <= os_time``.
+    ``reader_a``, ``reader_b``, ``reader_c``: simulated radiologists' malignancy calls, blind to
+    the image, with sensitivity / specificity 0.85 / 0.70, 0.80 / 0.80 and 0.92 / 0.55 [readers].
+
 Files (paths in the manifest are relative to it)
     ``manifest.csv``, ``ct/{case}.nii.gz``, ``mask/{case}.nii.gz``,
     ``wsi/{case}.tif``, and the ground truth: ``truth/truth.csv`` (z, log_hazard,
@@ -102,7 +121,7 @@ DAYS_PER_MONTH = 365.25 / 12
 # Optical density per unit stain, RGB: the reference H&E stain matrix of Macenko et al. (2009).
 HAEMATOXYLIN = np.array([0.5626, 0.7201, 0.4062], np.float32)
 EOSIN = np.array([0.2159, 0.8012, 0.5581], np.float32)
-LABEL_COLUMNS = ("isup_grade", "high_grade", "aggressive")
+LABEL_COLUMNS = ("isup_grade", "high_grade", "aggressive", "tnm_stage")
 
 
 def demo_config(**overrides) -> DictConfig:
@@ -251,6 +270,64 @@ def _sample_labels(
         + labels.aggressive_size_coef * (size_mm - labels.aggressive_size_ref_mm) / 10
     )
     return grade, int(rng.random() < _sigmoid(logit))
+
+
+# --------------------------------------------------------------------------- clinical
+
+
+@dataclass(frozen=True)
+class Clinical:
+    """Centre, histology, stage, DSS / RFS and reader calls of one patient (stage None for benign)."""
+
+    centre: str
+    histology: str
+    tnm_stage: int | None
+    dss_time_days: float
+    dss_event: int
+    rfs_time_days: float
+    rfs_event: int
+    reader_calls: dict[str, int]
+
+
+def tumour_log_hazard(design: PatientDesign, cfg: DictConfig) -> float:
+    """The severity terms of the log-hazard: what the tumour contributes (0 for benign tumours)."""
+    s = cfg.survival
+    return float(design.malignant * (s.b_ct * _standardise(design.ct_severity, s.ct_severity_ref)
+                                     + s.b_wsi * _standardise(design.wsi_severity, s.wsi_severity_ref)))
+
+
+def sample_clinical(rng: np.random.Generator, design: PatientDesign, outcome: Outcome, tumour_size_mm: float,
+                    cfg: DictConfig) -> Clinical:
+    """Draw the clinical-evaluation columns; every patient draws the same numbers from ``rng``."""
+    c, r = cfg.clinical, cfg.recurrence
+    centre = str(rng.choice(list(c.centres), p=list(c.centre_weights)))
+    histology = str(rng.choice(list(c.malignant_histology), p=list(c.histology_weights)))
+    stage_score = (c.stage_z_coef * design.z + c.stage_size_coef * (tumour_size_mm - c.stage_size_ref_mm) / 10
+                   + rng.normal(0, c.stage_noise))
+    reader_draws = {name: rng.random() for name in cfg.readers}
+    death_draw, recurrence_draw, fraction = rng.random(), rng.exponential(), rng.uniform(*r.death_fraction)
+    h = tumour_log_hazard(design, cfg)
+    cancer_death = bool(design.malignant and outcome.os_event
+                        and death_draw < _sigmoid(r.cancer_death_intercept + r.cancer_death_slope * h))
+    recurrence = r.weibull_scale_days * (recurrence_draw / np.exp(h)) ** (1 / r.weibull_shape)
+    if cancer_death:
+        recurrence = min(recurrence, fraction * outcome.os_time_days)
+    if not design.malignant:
+        recurrence = np.inf
+    calls = {}
+    for name, draw in reader_draws.items():
+        sensitivity, specificity = cfg.readers[name]
+        calls[name] = int(draw < (sensitivity if design.malignant else 1 - specificity))
+    return Clinical(
+        centre=centre,
+        histology=histology if design.malignant else str(c.benign_histology),
+        tnm_stage=1 + int(np.sum(np.asarray(c.stage_cutpoints) < stage_score)) if design.malignant else None,
+        dss_time_days=outcome.os_time_days,
+        dss_event=int(cancer_death),
+        rfs_time_days=float(min(recurrence, outcome.os_time_days)),
+        rfs_event=int(recurrence < outcome.os_time_days),
+        reader_calls=calls,
+    )
 
 
 # --------------------------------------------------------------------------- shared
@@ -616,13 +693,15 @@ def _block_majority(mask: np.ndarray, factor: int) -> np.ndarray:
 
 def generate_case(root: Path, case_id: str, seed: np.random.SeedSequence, cfg: DictConfig) -> tuple[dict, dict]:
     """Draw and write one patient's files; returns its manifest row and truth row."""
-    design_rng, ct_rng, slide_rng, outcome_rng = (np.random.default_rng(s) for s in seed.spawn(4))
+    # The fifth stream came last: spawn(5)'s first four children are spawn(4)'s.
+    design_rng, ct_rng, slide_rng, outcome_rng, clinical_rng = (np.random.default_rng(s) for s in seed.spawn(5))
     design = sample_design(design_rng, case_id, cfg)
     ct = render_ct(ct_rng, design, cfg)
     # Without slides the masks are still drawn, so the random streams match the full cohort's.
     slide = render_slide(slide_rng, design, cfg, paint=cfg.slides)
     size_mm = max_diameter_mm(ct.mask, ct.spacing)
     outcome = sample_outcome(outcome_rng, design, size_mm, cfg)
+    clinical = sample_clinical(clinical_rng, design, outcome, size_mm, cfg)
 
     files = {"ct": f"ct/{case_id}.nii.gz", "mask": f"mask/{case_id}.nii.gz", "wsi": ""}
     truth_files = {"ct_pattern": f"{case_id}_ct_pattern.nii.gz", "wsi_pattern": ""}
@@ -650,6 +729,14 @@ def generate_case(root: Path, case_id: str, seed: np.random.SeedSequence, cfg: D
         "age": design.age,
         "sex": design.sex,
         "tumour_size_mm": round(size_mm, 1),
+        "centre": clinical.centre,
+        "tnm_stage": clinical.tnm_stage,
+        "histology": clinical.histology,
+        "dss_time": _format_time(clinical.dss_time_days, cfg.time_unit),
+        "dss_event": clinical.dss_event,
+        "rfs_time": _format_time(max(clinical.rfs_time_days, 1.0), cfg.time_unit),
+        "rfs_event": clinical.rfs_event,
+        **{f"reader_{name}": call for name, call in clinical.reader_calls.items()},
     }
     truth_row = {
         "case_id": case_id,
@@ -710,6 +797,8 @@ def describe_cohort(manifest_path: str | Path, time_unit: str) -> str:
             f"  malignant: {len(malignant)}, benign: {len(frame) - len(malignant)}",
             f"  ISUP 1/2/3/4: {'/'.join(str(n) for n in grades)}, high grade: {int(malignant['high_grade'].sum())}",
             f"  aggressive: {int(malignant['aggressive'].sum())} of {len(malignant)} malignant",
+            f"  centres: {', '.join(f'{k} {v}' for k, v in frame['centre'].value_counts().sort_index().items())}; "
+            f"DSS events {int(frame['dss_event'].sum())}, RFS events {int(frame['rfs_event'].sum())}",
             f"  files: {root / 'manifest.csv'}, ct/, mask/{', wsi/' if frame['wsi'].notna().any() else ''}; "
             f"ground truth in {root / 'truth'}",
         ]

@@ -20,6 +20,19 @@ features``         CLAM/Trident layout (:mod:`radiopath.encoders.bags`); the
                    graph is built from it, without encoding (and without the
                    slide, which is only read for its resolution and size);
                    ``;``-separated for several slides, in the order of ``wsi``
+``centre``         optional: the case's centre (or cohort); ``evaluation=by_centre``
+                   trains on ``train_centres`` and reports each of ``test_centres``
+                   as an external test cohort (``evaluation.centre_column``)
+``dss_time``,      optional: disease-specific survival (death from the renal
+``dss_event``      tumour), same unit as ``os_time``; 1 = event observed
+``rfs_time``,      optional: recurrence-free survival (local recurrence, distant
+``rfs_event``      metastasis or death from the tumour); 1 = event observed
+``tnm_stage``      optional: AJCC stage group 1-4 (empty for benign tumours)
+``histology``      optional: histologic subtype (text, e.g. clear_cell)
+``reader_<name>``  optional: one reader's 0/1 calls of the task's label
+                   (``task.reader_prefix``; the demo's readers call malignancy)
+``phase_<name>``   optional: a further CT phase (image path), named in the
+                   multi-phase pipeline's ``phases``
 ``mpp``            optional: µm per level-0 pixel of the case's slide (> 0);
                    where given it overrides the slide's own metadata and the
                    bag's attributes (``wsi.fallback_mpp`` is the last resort);
@@ -32,7 +45,7 @@ A patient's slides (:meth:`Manifest.slides`) are named by their file stems, whic
 differ; each slide gets its own graph and the patient's pathology input is all of them
 (:mod:`radiopath.graphs.build`), so folds, which split patients, never split a patient's slides.
 
-Image and bag paths are relative to the manifest's folder. A path that leads outside that
+Image, bag and ``phase_<name>`` paths are relative to the manifest's folder. A path that leads outside that
 folder (absolute, ``..``, or a symlink out) is refused when a stage opens it,
 unless the manifest is loaded with ``allow_outside=True`` (``data.allow_outside_paths``).
 Rows with a problem are not dropped silently: :func:`load_manifest` returns them
@@ -57,6 +70,12 @@ IMAGE_COLUMNS = tuple(column for spec in MODALITIES.values() for column in spec.
 PATH_COLUMNS = IMAGE_COLUMNS + tuple(spec.bag_column for spec in MODALITIES.values() if spec.bag_column)
 MPP_COLUMN = "mpp"
 SEPARATOR = ";"  # between the paths (and mpp values) of a patient's slides
+PHASE_PREFIX = "phase_"  # further CT phases: image paths too
+
+
+def path_columns(columns) -> list[str]:
+    """The manifest's columns that hold paths: the modalities' images and bags, and ``phase_<name>`` images."""
+    return [c for c in PATH_COLUMNS if c in columns] + [c for c in columns if str(c).startswith(PHASE_PREFIX)]
 
 
 @dataclass(frozen=True)
@@ -174,9 +193,8 @@ def load_manifest(path: str | Path, required: tuple[str | tuple[str, ...], ...] 
         problems.append(CaseError(case_id, f"case_id appears {count} times in the manifest"))
     bad |= duplicated
 
-    for column in PATH_COLUMNS:
-        if column in frame.columns:
-            frame[column] = [_resolve(path.parent, value) for value in frame[column]]
+    for column in path_columns(frame.columns):
+        frame[column] = [_resolve(path.parent, value) for value in frame[column]]
 
     for row in frame.index[~bad]:
         reason = _row_problem(frame.loc[row])
@@ -221,7 +239,7 @@ def _row_problem(row: pd.Series) -> str | None:
     if "os_event" in row.index and not pd.isna(row["os_event"]):
         if pd.to_numeric(row["os_event"], errors="coerce") not in (0, 1):
             return f"os_event must be 0 or 1, got {_shown(row['os_event'])!r}"
-    for column in PATH_COLUMNS:
+    for column in path_columns(row.index):
         for value in _split(row.get(column, "")):
             if not Path(value).exists():
                 return f"{column} file not found: {value}"

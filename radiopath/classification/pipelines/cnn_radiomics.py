@@ -15,6 +15,10 @@ and SMOTE are fitted on the training cases and SMOTE resamples during fit only.
 ``rgcnn`` is the RGCNN as a pipeline spec, ``{pipeline: rgcnn, kwargs: {...}}`` with
 :class:`~radiopath.classification.pipelines.rgcnn.RGCNNPipeline` kwargs (the configs
 include ``conf/classify/pipeline/rgcnn.yaml`` there); TR are that RGCNN's scalar radiomics.
+
+A fitted pipeline reports its RGCNN's ``voxel_maps`` table and, with a random forest, the
+importance of its principal components (``pc_importance``: PC0-9 from CR, PC10-19 from TR
+with 10 per block, as in the paper's Fig. 3; :mod:`radiopath.classification.pc_importance`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.preprocessing import StandardScaler
 from xgboost import XGBClassifier
 
+from radiopath.classification import pc_importance
 from radiopath.classification.base import PIPELINES, CasePipeline
 from radiopath.classification.pipelines.rgcnn import RGCNNPipeline
 
@@ -44,19 +49,23 @@ class CNNRadiomicsPipeline(CasePipeline):
 
     def __init__(
         self,
+        *,
         name: str,
         with_tr: bool,
         make_classifier: Callable[[], ClassifierMixin],
-        rgcnn: Mapping | None = None,
-        cr_layers: Sequence[int] = (0, 1, 2, 3),
-        pca_components: int = 10,
-        smote_k_neighbors: int = 5,
-        random_state: int = 0,
+        rgcnn: Mapping,
+        cr_layers: Sequence[int],
+        pca_components: int,
+        smote_k_neighbors: int,
+        permutation_repeats: int | None,
+        random_state: int,
     ):
         if pca_components < 1 or smote_k_neighbors < 1:
             raise ValueError(f"pca_components and smote_k_neighbors must be >= 1, got {pca_components}, "
                              f"{smote_k_neighbors}")
-        spec = dict(rgcnn or {})
+        if permutation_repeats is not None and permutation_repeats < 1:
+            raise ValueError(f"{name}: permutation_repeats must be >= 1, got {permutation_repeats}")
+        spec = dict(rgcnn)
         if spec.get("pipeline", "rgcnn") != "rgcnn":
             raise ValueError(f"{name}: rgcnn must be an rgcnn pipeline spec, got pipeline={spec['pipeline']!r}")
         self.name = name
@@ -66,6 +75,7 @@ class CNNRadiomicsPipeline(CasePipeline):
         self.cr_layers = tuple(int(layer) for layer in cr_layers)
         self.pca_components = int(pca_components)
         self.smote_k_neighbors = int(smote_k_neighbors)
+        self.permutation_repeats = permutation_repeats
         self.random_state = int(random_state)
 
     def input_functions(self) -> list[Callable[[Mapping], object]]:
@@ -108,7 +118,26 @@ class CNNRadiomicsPipeline(CasePipeline):
             ("classifier", self.make_classifier()),
         ])
         self.model_.fit(x, y)
+        self.pc_importance_ = self._pc_importance(x, y)
         return self
+
+    def _pc_importance(self, x: np.ndarray, y: np.ndarray) -> pd.DataFrame | None:
+        """The forest's ``pc_importance`` table on the training cases; None for other classifiers."""
+        forest = self.model_.named_steps["classifier"]
+        if not isinstance(forest, RandomForestClassifier):
+            return None
+        blocks = self.model_.named_steps["blocks"]
+        pcas = [(label, blocks.named_transformers_[label].named_steps["pca"]) for label, _, _ in blocks.transformers]
+        return pc_importance.pc_importance(
+            forest=forest, components=blocks.transform(x), y=y,
+            blocks=[label for label, pca in pcas for _ in range(pca.n_components_)],
+            explained=np.concatenate([pca.explained_variance_ratio_ for _, pca in pcas]),
+            repeats=self.permutation_repeats, random_state=self.random_state)
+
+    def fitted_tables(self) -> dict[str, pd.DataFrame]:
+        """The RGCNN's ``voxel_maps`` and, with a random forest, ``pc_importance`` (CR components first)."""
+        tables = self.rgcnn_.fitted_tables()
+        return tables if self.pc_importance_ is None else {**tables, "pc_importance": self.pc_importance_}
 
     def predict_proba(self, cases: pd.DataFrame) -> np.ndarray:
         """P(y = 1) from the classifier on the cases' CR (and TR) features."""
@@ -117,38 +146,37 @@ class CNNRadiomicsPipeline(CasePipeline):
         return proba[:, list(self.model_.classes_).index(1)]
 
 
-def _forest(random_state: int, classifier: Mapping | None) -> Callable[[], ClassifierMixin]:
-    params = dict(classifier or {})
-    return lambda: RandomForestClassifier(random_state=random_state, **params)
-
-
-def _xgboost(random_state: int, classifier: Mapping | None) -> Callable[[], ClassifierMixin]:
-    params = dict(classifier or {})
-    return lambda: XGBClassifier(random_state=random_state, **params)
-
-
 @PIPELINES.register("cr_rf")
-def cr_rf(classifier: Mapping | None = None, random_state: int = 0, **kwargs) -> CNNRadiomicsPipeline:
+def cr_rf(*, classifier: Mapping, permutation_repeats: int, random_state: int = 0, **kwargs) -> CNNRadiomicsPipeline:
     """CR alone, random forest; ``classifier``: ``RandomForestClassifier`` arguments."""
-    return CNNRadiomicsPipeline("cr_rf", False, _forest(random_state, classifier), random_state=random_state, **kwargs)
+    return CNNRadiomicsPipeline(
+        name="cr_rf", with_tr=False, make_classifier=lambda: RandomForestClassifier(random_state=random_state,
+                                                                                   **classifier),
+        permutation_repeats=permutation_repeats, random_state=random_state, **kwargs)
 
 
 @PIPELINES.register("cr_tr_rf")
-def cr_tr_rf(classifier: Mapping | None = None, random_state: int = 0, **kwargs) -> CNNRadiomicsPipeline:
+def cr_tr_rf(*, classifier: Mapping, permutation_repeats: int, random_state: int = 0,
+             **kwargs) -> CNNRadiomicsPipeline:
     """CR and TR (the RGCNN's scalar radiomics settings) side by side, random forest."""
-    return CNNRadiomicsPipeline("cr_tr_rf", True, _forest(random_state, classifier), random_state=random_state,
-                                **kwargs)
+    return CNNRadiomicsPipeline(
+        name="cr_tr_rf", with_tr=True, make_classifier=lambda: RandomForestClassifier(random_state=random_state,
+                                                                                     **classifier),
+        permutation_repeats=permutation_repeats, random_state=random_state, **kwargs)
 
 
 @PIPELINES.register("cr_xgb")
-def cr_xgb(classifier: Mapping | None = None, random_state: int = 0, **kwargs) -> CNNRadiomicsPipeline:
+def cr_xgb(*, classifier: Mapping, random_state: int = 0, **kwargs) -> CNNRadiomicsPipeline:
     """CR alone, XGBoost; ``classifier``: ``xgboost.XGBClassifier`` arguments."""
-    return CNNRadiomicsPipeline("cr_xgb", False, _xgboost(random_state, classifier), random_state=random_state,
-                                **kwargs)
+    return CNNRadiomicsPipeline(
+        name="cr_xgb", with_tr=False, make_classifier=lambda: XGBClassifier(random_state=random_state, **classifier),
+        permutation_repeats=None, random_state=random_state, **kwargs)
 
 
 @PIPELINES.register("cr_tr_xgb")
-def cr_tr_xgb(classifier: Mapping | None = None, random_state: int = 0, **kwargs) -> CNNRadiomicsPipeline:
+def cr_tr_xgb(*, classifier: Mapping, random_state: int = 0, **kwargs) -> CNNRadiomicsPipeline:
     """CR and TR side by side, XGBoost; ``classifier``: ``xgboost.XGBClassifier`` arguments."""
-    return CNNRadiomicsPipeline("cr_tr_xgb", True, _xgboost(random_state, classifier), random_state=random_state,
-                                **kwargs)
+    return CNNRadiomicsPipeline(
+        name="cr_tr_xgb", with_tr=True, make_classifier=lambda: XGBClassifier(random_state=random_state,
+                                                                             **classifier),
+        permutation_repeats=None, random_state=random_state, **kwargs)

@@ -4,7 +4,9 @@ Whole-tumour pyradiomics features (:func:`~radiopath.classification.ct_inputs.sc
 cached per case: extraction is not fitted) -> StandardScaler -> PCA -> SMOTE -> random
 forest or XGBoost. The fitted steps form one imbalanced-learn ``Pipeline``, so scaling,
 PCA and SMOTE are learnt from the training cases passed to ``fit`` only, and SMOTE only
-resamples during ``fit``, never when scoring.
+resamples during ``fit``, never when scoring. A fitted ``tr_rf`` reports the importance of
+its principal components (:mod:`radiopath.classification.pc_importance`, the paper's Fig. 3)
+as its ``pc_importance`` table.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.preprocessing import StandardScaler
 from xgboost import XGBClassifier
 
-from radiopath.classification import ct_inputs
+from radiopath.classification import ct_inputs, pc_importance
 from radiopath.classification.base import PIPELINES, CasePipeline
 from radiopath.errors import CaseError
 
@@ -31,18 +33,25 @@ log = logging.getLogger(__name__)
 
 
 class TraditionalRadiomicsPipeline(CasePipeline):
-    """Scalar radiomics -> scaler -> PCA -> SMOTE -> a classifier built by ``make_classifier()``."""
+    """Scalar radiomics -> scaler -> PCA -> SMOTE -> a classifier built by ``make_classifier()``.
 
-    def __init__(self, name: str, make_classifier: Callable[[], ClassifierMixin], radiomics: Mapping,
-                 pca_components: int, smote_k_neighbors: int, random_state: int):
+    ``permutation_repeats``: repeats of the permutation importance in the ``pc_importance`` table
+    (random forests only; ``None`` for other classifiers).
+    """
+
+    def __init__(self, *, name: str, make_classifier: Callable[[], ClassifierMixin], radiomics: Mapping,
+                 pca_components: int, smote_k_neighbors: int, permutation_repeats: int | None, random_state: int):
         if pca_components < 1 or smote_k_neighbors < 1:
             raise ValueError(f"pca_components and smote_k_neighbors must be >= 1, got {pca_components}, "
                              f"{smote_k_neighbors}")
+        if permutation_repeats is not None and permutation_repeats < 1:
+            raise ValueError(f"{name}: permutation_repeats must be >= 1, got {permutation_repeats}")
         self.name = name
         self.make_classifier = make_classifier
         self.radiomics = dict(radiomics)
         self.pca_components = int(pca_components)
         self.smote_k_neighbors = int(smote_k_neighbors)
+        self.permutation_repeats = permutation_repeats
         self.random_state = int(random_state)
         self.feature_names: list[str] | None = None
 
@@ -83,7 +92,24 @@ class TraditionalRadiomicsPipeline(CasePipeline):
             ("classifier", self.make_classifier()),
         ])
         self.model_.fit(x, y)
+        self.pc_importance_ = self._pc_importance(x, y)
         return self
+
+    def _pc_importance(self, x: np.ndarray, y: np.ndarray) -> pd.DataFrame | None:
+        """The forest's ``pc_importance`` table on the training cases; None for other classifiers."""
+        forest = self.model_.named_steps["classifier"]
+        if not isinstance(forest, RandomForestClassifier):
+            return None
+        pca = self.model_.named_steps["pca"]
+        return pc_importance.pc_importance(
+            forest=forest, components=pca.transform(self.model_.named_steps["scale"].transform(x)), y=y,
+            blocks=["tr"] * pca.n_components_, explained=pca.explained_variance_ratio_,
+            repeats=self.permutation_repeats, random_state=self.random_state)
+
+    def fitted_tables(self) -> dict[str, pd.DataFrame]:
+        """``pc_importance`` (random forest): per principal component, its explained variance ratio, the
+        forest's impurity importance and the permutation importance on the training cases."""
+        return {} if self.pc_importance_ is None else {"pc_importance": self.pc_importance_}
 
     def predict_proba(self, cases: pd.DataFrame) -> np.ndarray:
         """P(y = 1) per case from the fitted steps (SMOTE is skipped when scoring)."""
@@ -93,24 +119,21 @@ class TraditionalRadiomicsPipeline(CasePipeline):
         return proba[:, list(self.model_.classes_).index(1)]
 
 
-CLASSIFIERS = {"tr_rf": RandomForestClassifier, "tr_xgb": XGBClassifier}
+@PIPELINES.register("tr_rf")
+def tr_rf(*, radiomics: Mapping, pca_components: int, smote_k_neighbors: int, classifier: Mapping,
+          permutation_repeats: int, random_state: int = 0) -> TraditionalRadiomicsPipeline:
+    """TR with a random forest; ``classifier``: ``RandomForestClassifier`` arguments."""
+    return TraditionalRadiomicsPipeline(
+        name="tr_rf", make_classifier=lambda: RandomForestClassifier(random_state=random_state, **classifier),
+        radiomics=radiomics, pca_components=pca_components, smote_k_neighbors=smote_k_neighbors,
+        permutation_repeats=permutation_repeats, random_state=random_state)
 
 
-def _register_traditional(name: str, summary: str) -> None:
-    """Register TR with the classifier class ``CLASSIFIERS[name]`` as pipeline ``name``."""
-
-    def build(radiomics: Mapping, pca_components: int = 10, smote_k_neighbors: int = 5,
-              classifier: Mapping | None = None, random_state: int = 0) -> TraditionalRadiomicsPipeline:
-        params = dict(classifier or {})
-        return TraditionalRadiomicsPipeline(
-            name, lambda: CLASSIFIERS[name](random_state=random_state, **params), radiomics,
-            pca_components, smote_k_neighbors, random_state,
-        )
-
-    build.__name__ = build.__qualname__ = name
-    build.__doc__ = summary
-    PIPELINES.register(name)(build)
-
-
-_register_traditional("tr_rf", "TR with a random forest; ``classifier``: ``RandomForestClassifier`` arguments.")
-_register_traditional("tr_xgb", "TR with gradient-boosted trees; ``classifier``: ``xgboost.XGBClassifier`` arguments.")
+@PIPELINES.register("tr_xgb")
+def tr_xgb(*, radiomics: Mapping, pca_components: int, smote_k_neighbors: int, classifier: Mapping,
+           random_state: int = 0) -> TraditionalRadiomicsPipeline:
+    """TR with gradient-boosted trees; ``classifier``: ``xgboost.XGBClassifier`` arguments."""
+    return TraditionalRadiomicsPipeline(
+        name="tr_xgb", make_classifier=lambda: XGBClassifier(random_state=random_state, **classifier),
+        radiomics=radiomics, pca_components=pca_components, smote_k_neighbors=smote_k_neighbors,
+        permutation_repeats=None, random_state=random_state)

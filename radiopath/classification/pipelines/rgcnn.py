@@ -2,8 +2,18 @@
 
 Input per case (:func:`radiopath.classification.ct_inputs.tumour_volume`): a
 ``crop_size^3`` crop at ``spacing_mm`` around the tumour centroid with the CT (HU window
--> [0, 1]) and five pyradiomics voxel-based maps as channels, and the whole-tumour
-scalar radiomics (:func:`~radiopath.classification.ct_inputs.scalar_radiomics`). The
+-> [0, 1]) and pyradiomics voxel-based maps as channels, and the whole-tumour
+scalar radiomics (:func:`~radiopath.classification.ct_inputs.scalar_radiomics`).
+
+The maps are the ``map_select`` best of ``map_candidates``, chosen in :meth:`RGCNNPipeline.fit`
+on the training cases only: each candidate's whole-tumour value
+(:func:`~radiopath.classification.ct_inputs.tumour_values`, on the maps' crop and bins) is
+scored by ``|AUC - 0.5|`` against the training labels (:func:`select_maps`), a rank-based
+criterion that the skewed scales of radiomic features do not distort. The paper chose its five
+maps by CNN experiments on its own data; this is that choice made inside each training part.
+``map_select: null`` uses the fixed list ``map_features`` instead. A fit's candidates, scores
+and choice are its ``voxel_maps`` table (:meth:`RGCNNPipeline.fitted_tables`); the maps of a
+choice are computed per case when first needed, then cached. The
 network (:class:`~radiopath.classification.nets.RGCNN`) is trained with
 ``focal(gamma) + contrastive_weight * SupCon(temperature)`` between the image and
 radiomics projections, on class-balanced batches (``WeightedRandomSampler``) with
@@ -24,6 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
 from radiopath.classification import ct_inputs
@@ -48,39 +59,46 @@ class RGCNNPipeline(CasePipeline):
     def __init__(
         self,
         *,
-        column: str = "ct",
-        crop_size: int = 64,
-        spacing_mm: float = 1.0,
-        hu_window: Sequence[float] = (-500, 500),
-        map_features: Mapping[str, Sequence[str]] | None = None,
-        map_kernel_radius: int = 1,
-        map_stride: int = 2,
-        map_bin_count: int = 16,
-        radiomics: Mapping | None = None,
-        widths: Sequence[int] = (8, 16, 24, 48),
-        projection_dim: int = 64,
-        projector_hidden: int = 128,
-        dropout: float = 0.0,
-        focal_gamma: float = 2.0,
-        contrastive_weight: float = 1.0,
-        temperature: float = 0.1,
-        epochs: int = 20,
-        batch_size: int = 8,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        augment: bool = True,
-        cache_dir: str | None = None,
-        device: str = "cpu",
-        random_state: int = 0,
+        column: str,
+        crop_size: int,
+        spacing_mm: float,
+        hu_window: Sequence[float],
+        map_select: int | None,
+        map_candidates: Mapping[str, Sequence[str] | None],
+        map_features: Mapping[str, Sequence[str]],
+        map_kernel_radius: int,
+        map_stride: int,
+        map_bin_count: int,
+        radiomics: Mapping,
+        widths: Sequence[int],
+        projection_dim: int,
+        projector_hidden: int,
+        dropout: float,
+        focal_gamma: float,
+        contrastive_weight: float,
+        temperature: float,
+        epochs: int,
+        batch_size: int,
+        lr: float,
+        weight_decay: float,
+        augment: bool,
+        cache_dir: str | None,
+        device: str,
+        random_state: int = 0,  # the evaluation passes its seed; building for input_functions needs none
     ):
+        if map_select is not None and map_select < 1:
+            raise ValueError(f"map_select must be >= 1 or null (the fixed map_features), got {map_select}")
+        self.map_select = None if map_select is None else int(map_select)
+        self.map_candidates = {str(k): None if v is None else [str(n) for n in v] for k, v in map_candidates.items()}
+        self.map_features = map_features
         self.volume_settings = dict(
-            column=column, spacing_mm=spacing_mm, hu_window=tuple(hu_window), crop_size=crop_size, map_features=map_features,
+            column=column, spacing_mm=spacing_mm, hu_window=tuple(hu_window), crop_size=crop_size,
             kernel_radius=map_kernel_radius, stride=map_stride, bin_count=map_bin_count,
         )
         # ``radiomics`` holds scalar_radiomics' arguments (conf/classify/radiomics); the volume's
         # resampling, window and cache are the fallback for the ones it leaves out.
         self.radiomics_settings = {
-            "spacing_mm": spacing_mm, "hu_window": tuple(hu_window), "cache_dir": cache_dir, **dict(radiomics or {}),
+            "spacing_mm": spacing_mm, "hu_window": tuple(hu_window), "cache_dir": cache_dir, **dict(radiomics),
         }
         self.widths = tuple(int(w) for w in widths)
         self.projection_dim = projection_dim
@@ -101,15 +119,44 @@ class RGCNNPipeline(CasePipeline):
     # ------------------------------------------------------------------ inputs
 
     def input_functions(self) -> list[Callable[[Mapping], object]]:
-        """A case's crop with its radiomic maps, and its scalar radiomics."""
-        return [functools.partial(ct_inputs.tumour_volume, cache_dir=self.cache_dir, **self.volume_settings),
-                functools.partial(ct_inputs.scalar_radiomics, **self.radiomics_settings)]
+        """A case's scalar radiomics, and its crop with the fixed maps or the candidate maps' whole-tumour values."""
+        scalar = functools.partial(ct_inputs.scalar_radiomics, **self.radiomics_settings)
+        if self.map_select is None:
+            return [self._volume_function(self.map_features), scalar]
+        return [self._candidate_function(), scalar]
+
+    def _volume_function(self, map_features: Mapping | None) -> Callable[[Mapping], dict]:
+        return functools.partial(ct_inputs.tumour_volume, cache_dir=self.cache_dir, map_features=map_features,
+                                 **self.volume_settings)
+
+    def _candidate_function(self) -> Callable[[Mapping], dict]:
+        settings = self.volume_settings
+        return functools.partial(
+            ct_inputs.tumour_values, column=settings["column"], spacing_mm=settings["spacing_mm"],
+            hu_window=settings["hu_window"], crop_size=settings["crop_size"], features=self.map_candidates,
+            bin_count=settings["bin_count"], cache_dir=self.cache_dir)
 
     def _volumes(self, cases: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """Raw volumes (n, C, D, H, W) and tumour masks (n, D, H, W)."""
-        inputs = [ct_inputs.tumour_volume(row, cache_dir=self.cache_dir, **self.volume_settings)
-                  for row in ct_inputs.rows(cases)]
+        """Raw volumes (n, C, D, H, W) with the fitted maps and tumour masks (n, D, H, W)."""
+        volume = self._volume_function(self.map_features_)
+        inputs = [volume(row) for row in ct_inputs.rows(cases)]
         return np.stack([i["volume"] for i in inputs]), np.stack([i["mask"] for i in inputs])
+
+    def _choose_maps(self, cases: pd.DataFrame, y: np.ndarray) -> tuple[Mapping | None, pd.DataFrame | None]:
+        """The maps to use, ``{class: [feature, ...]}``, and the candidates' scores on these training cases."""
+        if self.map_select is None:
+            return self.map_features, None
+        candidates = [self._candidate_function()(row) for row in ct_inputs.rows(cases)]
+        names = [str(n) for n in candidates[0]["names"]]
+        table = select_maps(values=np.stack([c["values"] for c in candidates]), names=names, y=y,
+                            count=self.map_select)
+        chosen = table.loc[table["chosen"], "feature"].tolist()
+        features: dict[str, list[str]] = {}
+        for name in names:  # candidate order, so that a choice gives one channel order (and one cache entry)
+            if name in chosen:
+                _, feature_class, feature = name.split("_", 2)
+                features.setdefault(feature_class, []).append(feature)
+        return features, table
 
     def scalar_radiomics(self, cases: pd.DataFrame) -> np.ndarray:
         """Whole-tumour pyradiomics features (n, D), unscaled."""
@@ -134,13 +181,20 @@ class RGCNNPipeline(CasePipeline):
         """Fit the channel and radiomics scaling and train the RGCNN on these cases (once per fold and settings)."""
         settings = {name: value for name, value in vars(self).items() if not name.endswith("_")}
         key = {"fit": "rgcnn", "settings": settings, **training_key(cases, [self.volume_settings["column"], "mask"], y)}
-        self.map_mean_, self.map_std_, self.radiomics_scaler_, self.model_, self.history_ = fit_once(
-            key, lambda: self._train(cases, y))
+        (self.map_features_, self.voxel_maps_, self.map_mean_, self.map_std_, self.radiomics_scaler_, self.model_,
+         self.history_) = fit_once(key, lambda: self._train(cases, y))
         return self
 
+    def fitted_tables(self) -> dict[str, pd.DataFrame]:
+        """``voxel_maps``: every candidate map's training ``auc`` and ``score``, ``chosen`` the maps used
+        (none with fixed maps)."""
+        return {} if self.voxel_maps_ is None else {"voxel_maps": self.voxel_maps_}
+
     def _train(self, cases: pd.DataFrame, y: np.ndarray) -> tuple:
-        """``(map mean, map std, radiomics scaler, network in eval mode, loss history)`` fitted on these cases."""
+        """``(maps, their selection table, map mean, map std, radiomics scaler, network in eval mode, loss
+        history)`` fitted on these cases."""
         labels = torch.as_tensor(np.asarray(y, dtype=np.int64))
+        self.map_features_, self.voxel_maps_ = self._choose_maps(cases, np.asarray(y, dtype=int))
         volumes, masks = self._volumes(cases)
         tumour = np.moveaxis(volumes[:, 1:], 1, -1)[masks == 1]  # (tumour voxels, maps)
         self.map_mean_ = tumour.mean(axis=0)
@@ -173,7 +227,8 @@ class RGCNNPipeline(CasePipeline):
                 model, optimiser, self.epochs,
                 lambda: balanced_batches(labels.numpy(), self.batch_size, generator), batch_loss,
             )
-        return self.map_mean_, self.map_std_, self.radiomics_scaler_, model.eval(), history
+        return (self.map_features_, self.voxel_maps_, self.map_mean_, self.map_std_, self.radiomics_scaler_,
+                model.eval(), history)
 
     def _inputs(self, cases: pd.DataFrame) -> torch.Tensor:
         volumes, masks = self._volumes(cases)
@@ -192,6 +247,19 @@ class RGCNNPipeline(CasePipeline):
             self.batch_size,
         )
         return sums.numpy().astype(np.float64)
+
+
+def select_maps(*, values: np.ndarray, names: Sequence[str], y: np.ndarray, count: int) -> pd.DataFrame:
+    """Candidates ranked by ``score = |AUC - 0.5|`` of their values ``(n, D)`` against ``y``; the top ``count``
+    are ``chosen`` (ties in candidate order). One row per candidate: ``feature``, ``auc``, ``score``,
+    ``rank`` (0 = best), ``chosen``."""
+    if count > len(names):
+        raise ValueError(f"map_select={count} maps asked for, but there are only {len(names)} map_candidates")
+    auc = np.array([roc_auc_score(y, column) if np.ptp(column) > 0 else 0.5 for column in values.T])
+    score = np.abs(auc - 0.5)
+    rank = np.empty(len(names), int)
+    rank[np.argsort(-score, kind="stable")] = np.arange(len(names))
+    return pd.DataFrame({"feature": list(names), "auc": auc, "score": score, "rank": rank, "chosen": rank < count})
 
 
 @PIPELINES.register("rgcnn")

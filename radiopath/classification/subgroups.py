@@ -1,0 +1,52 @@
+"""Classification performance within subgroups (CT multi-phase paper: Fig. S3, S5, Tables S10-S11).
+
+Per scored set (test part, external centres), pipeline and level of each subgroup column
+(TNM stage, histology, centre): ROC AUC (scikit-learn) and, at the pipeline's training-part
+threshold, sensitivity, specificity and precision from the confusion matrix. A subgroup
+with one class only has no AUC (and no sensitivity or specificity for the missing class):
+N/A, with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+from sklearn.metrics import confusion_matrix, roc_auc_score
+
+NA = float("nan")
+
+
+def level_name(value) -> str:
+    """A subgroup level as text: integers without a decimal point, empty cells as ``missing``."""
+    if pd.isna(value):
+        return "missing"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _ratio(numerator: int, denominator: int) -> float:
+    return numerator / denominator if denominator else NA
+
+
+def subgroup_table(*, scored: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """``set, pipeline, subgroup, level, n, positives, roc_auc, sensitivity, specificity, precision, reason``."""
+    rows = []
+    for (set_name, pipeline), part in scored.groupby(["set", "pipeline"], sort=False):
+        threshold = float(part["threshold"].iloc[0])
+        for column in (c for c in columns if c in part):
+            levels = part[column].map(level_name)
+            for level in sorted(levels.unique()):
+                group = part[levels == level]
+                y, p = group["y"].to_numpy(dtype=int), group["p"].to_numpy()
+                tn, fp, fn, tp = confusion_matrix(y, (p >= threshold).astype(int), labels=[0, 1]).ravel()
+                two_classes = 0 < y.sum() < len(y)
+                rows.append({
+                    "set": set_name, "pipeline": pipeline, "subgroup": column, "level": level, "n": len(group),
+                    "positives": int(y.sum()), "roc_auc": float(roc_auc_score(y, p)) if two_classes else NA,
+                    "sensitivity": _ratio(tp, tp + fn), "specificity": _ratio(tn, tn + fp),
+                    "precision": _ratio(tp, tp + fp), "threshold": threshold,
+                    "reason": "" if two_classes else f"one class only ({'positive' if y.any() else 'negative'})",
+                })
+    return pd.DataFrame(rows)
