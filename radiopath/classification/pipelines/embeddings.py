@@ -15,6 +15,15 @@ P(malignant) = 1 - P(benign), ``aggressive`` gives P(aggressive) = P(malignant a
 aggressive). Within one fold of the evaluation, ``simclr_rf`` and ``simclr_mlp`` with the
 same SimCLR settings share one trained encoder and its patient embeddings
 (:mod:`radiopath.classification.sharing`).
+
+``select_features: k`` keeps the k classifier inputs (embedding components, clinical columns,
+size) that a random forest fitted on the training cases ranks highest by impurity importance
+(the paper's reduction of its clinical features; ``SelectFromModel``, a step of the fitted
+scikit-learn pipeline, so it only ever sees training rows); ``null`` keeps them all. Each fit
+reports its ``feature_importance`` table (:meth:`~SimCLREmbeddingPipeline.fitted_tables`): one
+row per classifier input with its group (``embedding``, ``clinical``, ``size``), the final
+forest's impurity importance (RF only), the permutation importance on the training cases (drop
+in the ROC AUC of the ``target`` probability) and whether the selection kept it.
 """
 
 from __future__ import annotations
@@ -30,7 +39,10 @@ from sklearn.compose import ColumnTransformer
 from sklearn.decomposition import PCA
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.feature_selection import SelectFromModel
 from sklearn.impute import SimpleImputer
+from sklearn.inspection import permutation_importance
+from sklearn.metrics import roc_auc_score
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import MinMaxScaler
@@ -114,6 +126,9 @@ class SimCLREmbeddingPipeline(CasePipeline):
         blur_sigma: Sequence[float] = (0.1, 1.5),
         blur_kernel: int = 5,
         pca_components: int | None = 20,
+        select_features: int | None = None,
+        select_n_estimators: int = 500,
+        permutation_repeats: int = 5,
         rf_n_estimators: int = 500,
         rf_max_depth: int | None = None,
         mlp_hidden: Sequence[int] = (64,),
@@ -128,6 +143,11 @@ class SimCLREmbeddingPipeline(CasePipeline):
             raise ValueError(f"classifier must be one of {CLASSIFIERS}, got {classifier!r}")
         if target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+        if select_features is not None and (isinstance(select_features, bool) or not isinstance(select_features, int)
+                                            or select_features < 1):
+            raise ValueError(f"select_features must be null or an integer >= 1, got {select_features!r}")
+        if permutation_repeats < 1:
+            raise ValueError(f"permutation_repeats must be >= 1, got {permutation_repeats}")
         self.name = f"simclr_{classifier}"
         self.classifier = classifier
         self.target = target
@@ -153,6 +173,9 @@ class SimCLREmbeddingPipeline(CasePipeline):
             v2.GaussianBlur(kernel_size=blur_kernel, sigma=tuple(blur_sigma)),
         ])
         self.pca_components = pca_components
+        self.select_features = select_features
+        self.select_n_estimators = select_n_estimators
+        self.permutation_repeats = permutation_repeats
         self.rf_n_estimators = rf_n_estimators
         self.rf_max_depth = rf_max_depth
         self.mlp_hidden = tuple(mlp_hidden)
@@ -233,6 +256,14 @@ class SimCLREmbeddingPipeline(CasePipeline):
             ("embedding", embedding, np.arange(embed_dim)),
             ("clinical", SimpleImputer(strategy="median", keep_empty_features=True), np.arange(embed_dim, n_columns)),
         ])
+        n_inputs = (embed_dim if self.pca_components is None else embedding.n_components) + n_columns - embed_dim
+        if self.select_features is not None and self.select_features > n_inputs:
+            raise ValueError(f"{self.name}: select_features={self.select_features} but the classifier has only "
+                             f"{n_inputs} input features")
+        # threshold=-inf: exactly the top k by importance, however small their importances are.
+        select = ("passthrough" if self.select_features is None else SelectFromModel(
+            RandomForestClassifier(n_estimators=self.select_n_estimators, random_state=self.random_state),
+            max_features=self.select_features, threshold=-np.inf))
         if self.classifier == "rf":
             model = RandomForestClassifier(n_estimators=self.rf_n_estimators, max_depth=self.rf_max_depth,
                                            random_state=self.random_state)
@@ -240,12 +271,33 @@ class SimCLREmbeddingPipeline(CasePipeline):
             model = MLPClassifier(hidden_layer_sizes=self.mlp_hidden, learning_rate_init=self.mlp_lr,
                                   alpha=self.mlp_weight_decay, max_iter=self.mlp_max_iter,
                                   random_state=self.random_state)
-        return Pipeline([("blocks", blocks), ("scale", MinMaxScaler()), ("classifier", model)])
+        return Pipeline([("blocks", blocks), ("scale", MinMaxScaler()), ("select", select), ("classifier", model)])
+
+    def _inputs(self) -> tuple[list[str], list[str], np.ndarray]:
+        """The fitted classifier's candidate inputs (embedding components, clinical, size): names, groups, and
+        which of them the selection kept (all without ``select_features``)."""
+        n_embedding = self.model_.named_steps["blocks"].output_indices_["embedding"].stop
+        prefix = "embedding_" if self.pca_components is None else "embedding_pc"
+        names = [f"{prefix}{i}" for i in range(n_embedding)] + self.clinical
+        groups = ["embedding"] * n_embedding + ["clinical"] * len(self.clinical)
+        if self.size_column:
+            names.append(self.size_column)
+            groups.append("size")
+        kept = (np.ones(len(names), dtype=bool) if self.select_features is None
+                else self.model_.named_steps["select"].get_support())
+        return names, groups, kept
+
+    def _target_proba(self, model: Pipeline, x: np.ndarray) -> np.ndarray:
+        """``target`` probability from a three-class ``model`` (a class absent from training gets 0)."""
+        proba = np.zeros((len(x), 3))
+        proba[:, model.classes_] = model.predict_proba(x)
+        return 1.0 - proba[:, 0] if self.target == "malignant" else proba[:, 2]
 
     # ------------------------------------------------------------------ fit / predict
 
     def fit(self, cases: pd.DataFrame, y: np.ndarray) -> "SimCLREmbeddingPipeline":
-        """SimCLR on the training cases' slices, then the three-class classifier."""
+        """SimCLR on the training cases' slices, then the selection (``select_features``) and the three-class
+        classifier; fails if ``select_features`` exceeds the classifier's inputs."""
         classes = three_classes(cases)
         known = classes >= 0
         derived = (classes > 0) if self.target == "malignant" else (classes == 2)
@@ -264,13 +316,53 @@ class SimCLREmbeddingPipeline(CasePipeline):
             # A small MLP on a few dozen cases may stop at max_iter; the fit is still usable.
             warnings.simplefilter("ignore", ConvergenceWarning)
             self.model_.fit(table[known], classes[known])
+        names, _, kept = self._inputs()
+        self.selected_features_ = [name for name, keep in zip(names, kept) if keep]
+        # The selection's inputs (model_[:-2]: blocks and scaling) for the importance table, computed on demand:
+        # tuning fits (nested CV) never report one.
+        self._importance_inputs_ = (self.model_[:-2].transform(table[known]), derived[known].astype(int))
         return self
 
     def predict_proba(self, cases: pd.DataFrame) -> np.ndarray:
         """P(malignant) = 1 - P(benign) or P(aggressive) = P(malignant and aggressive), per ``target``."""
-        proba = np.zeros((len(cases), 3))
-        proba[:, self.model_.classes_] = self.model_.predict_proba(self._table(cases))
-        return 1.0 - proba[:, 0] if self.target == "malignant" else proba[:, 2]
+        return self._target_proba(self.model_, self._table(cases))
+
+    def feature_importance(self) -> pd.DataFrame:
+        """The ``feature_importance`` table: one row per candidate classifier input (see the module docstring).
+
+        ``impurity_importance`` is the final forest's (NaN for the MLP and for inputs the selection dropped),
+        ``selection_importance`` the ranking forest's (NaN without selection); the permutation columns are NaN
+        when the training cases have one class of the target (no ROC AUC).
+        """
+        x, y = self._importance_inputs_
+        names, groups, kept = self._inputs()
+        classifier = self.model_.named_steps["classifier"]
+        impurity = np.full(len(names), np.nan)
+        if isinstance(classifier, RandomForestClassifier):
+            impurity[kept] = classifier.feature_importances_
+        ranking = (np.full(len(names), np.nan) if self.select_features is None
+                   else self.model_.named_steps["select"].estimator_.feature_importances_)
+        permuted_mean = permuted_std = np.full(len(names), np.nan)
+        if len(np.unique(y)) == 2:
+            # The selection's input columns are permuted: one it dropped changes nothing and scores 0.
+            permuted = permutation_importance(
+                self.model_[-2:], x, y,  # the selection and the classifier
+                scoring=lambda model, x_, y_: roc_auc_score(y_, self._target_proba(model, x_)),
+                n_repeats=self.permutation_repeats, random_state=self.random_state)
+            permuted_mean, permuted_std = permuted.importances_mean, permuted.importances_std
+        return pd.DataFrame({
+            "feature": names,
+            "group": groups,
+            "impurity_importance": impurity,
+            "permutation_importance": permuted_mean,
+            "permutation_std": permuted_std,
+            "selected": kept,
+            "selection_importance": ranking,
+        })
+
+    def fitted_tables(self) -> dict[str, pd.DataFrame]:
+        """This fit's ``feature_importance`` table (computed here, on the training cases kept by ``fit``)."""
+        return {"feature_importance": self.feature_importance()}
 
 
 @PIPELINES.register("simclr_rf")
