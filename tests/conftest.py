@@ -119,3 +119,22 @@ def conf_values(section: str, **overrides) -> dict:
     if unknown:
         raise KeyError(f"{section} has no {sorted(unknown)}")
     return {**values, **overrides}
+
+
+def pipeline_kwargs(name: str, **values) -> dict:
+    """A classification pipeline's kwargs as ``radiopath/conf/classify/pipeline/{name}.yaml`` holds them, with ``values``.
+
+    Settings the file interpolates from the rest of the config (``${task.label}``, ``${device}``, ...)
+    must be among ``values``; a key the file lacks is an error, as a typo would otherwise pass silently.
+    """
+    from omegaconf import OmegaConf
+
+    kwargs = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "classify" / "pipeline" / f"{name}.yaml").kwargs)
+    unknown = set(values) - set(kwargs)
+    if unknown:
+        raise KeyError(f"{name}.yaml has no {sorted(unknown)}")
+    kwargs.update(values)
+    unset = [key for key, value in kwargs.items() if isinstance(value, str) and value.startswith("${")]
+    if unset:
+        raise KeyError(f"{name}.yaml interpolates {unset}: give their values")
+    return kwargs

@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 
 from torchvision.models import resnet18
 
-from conftest import TINY_DEMO
+from conftest import TINY_DEMO, pipeline_kwargs
 from radiopath.classification import ct_inputs
 from radiopath.classification.base import PIPELINES
 from radiopath.classification.losses import FocalLoss, NTXentLoss, SupConLoss
@@ -39,6 +39,9 @@ VOLUME = {**PAPER_RGCNN, "hu_window": [-500, 500], "device": "cpu", "cache_dir":
           "map_candidates": {"firstorder": None, "glcm": None}}
 CR = {"cr_layers": [0, 1, 2, 3], "pca_components": 3, "smote_k_neighbors": 5}
 SLICES = {"spacing_mm": 2.0, "slice_size": 24, "slice_depth": 24}
+SIMCLR = {**SLICES, "target": "malignant", "epochs": 1, "slices_per_case": 2, "pca_components": 4,
+          "hu_window": [-500, 500], "cache_dir": None, "device": "cpu"}
+MULTIPHASE = pipeline_kwargs("multiphase", cache_dir=None, device="cpu", **SLICES)
 SETTINGS = {
     "rgcnn": {**VOLUME, "epochs": 15, "lr": 3e-3},
     "cr_rf": {"rgcnn": {"pipeline": "rgcnn", "kwargs": {**VOLUME, "epochs": 2}}, **CR,
@@ -54,12 +57,11 @@ SETTINGS = {
                "classifier": {"n_estimators": 50, "max_depth": 3, "tree_method": "exact"}},
     "cr_tr_xgb": {"rgcnn": {"pipeline": "rgcnn", "kwargs": {**VOLUME, "epochs": 2}}, **CR,
                   "classifier": {"n_estimators": 50, "max_depth": 3, "tree_method": "exact"}},
-    "simclr_rf": {**SLICES, "target": "malignant", "epochs": 1, "slices_per_case": 2, "pca_components": 4,
-                  "rf_n_estimators": 50},
-    "simclr_mlp": {**SLICES, "target": "malignant", "epochs": 1, "slices_per_case": 2, "pca_components": 4},
+    "simclr_rf": pipeline_kwargs("simclr_rf", **SIMCLR, rf_n_estimators=50),
+    "simclr_mlp": pipeline_kwargs("simclr_mlp", **SIMCLR),
     # 30 epochs beat chance on 6 test patients for some seeds and CPUs only (AUC 0.5-1.0 over random_state 0-3
     # on an AVX-512 Xeon); 60 reach 0.875 or more for each of them.
-    "multiphase": {**SLICES, "phases": ["ct", "ct_late"], "epochs": 60, "batch_size": 4, "lr": 3e-4},
+    "multiphase": {**MULTIPHASE, "phases": ["ct", "ct_late"], "epochs": 60, "batch_size": 4, "lr": 3e-4},
 }
 
 
@@ -170,14 +172,14 @@ def test_pipeline_fits_predicts_and_beats_chance_on_malignancy(name, cohort, tmp
 def test_multiphase_handles_a_case_without_any_phase(cohort):
     train, _ = cohort
     no_phase = train.iloc[:1].assign(ct="", ct_late="")
-    pipeline = PIPELINES.create("multiphase", phases=["ct", "ct_late"], epochs=0, **SLICES)
+    pipeline = PIPELINES.create("multiphase", **{**MULTIPHASE, "phases": ["ct", "ct_late"], "epochs": 0})
     with pytest.raises(Exception, match="none of the phases"):
         pipeline.fit(pd.concat([train, no_phase]), np.r_[train["malignant"].to_numpy(), 1])
 
 
 def test_simclr_refuses_a_target_that_is_not_the_task_label(cohort):
     train, _ = cohort
-    pipeline = PIPELINES.create("simclr_rf", target="aggressive", epochs=0, **SLICES)
+    pipeline = PIPELINES.create("simclr_rf", **{**SETTINGS["simclr_rf"], "target": "aggressive", "epochs": 0})
     with pytest.raises(ValueError, match="target"):
         pipeline.fit(train, train["malignant"].to_numpy())
 
@@ -215,14 +217,14 @@ def test_cnn_radiomics_pipelines_reuse_the_rgcnn_of_their_fold(cohort, tmp_path,
 
 def test_simclr_pipelines_share_one_encoder_inside_a_fold_only(cohort, tmp_path):
     train, test = cohort
-    kwargs = {**SETTINGS["simclr_mlp"], "cache_dir": str(tmp_path)}
+    kwargs = {name: {**SETTINGS[name], "cache_dir": str(tmp_path)} for name in ("simclr_rf", "simclr_mlp")}
     y = train["malignant"].to_numpy()
     with shared_fits():
-        rf = PIPELINES.create("simclr_rf", random_state=3, **kwargs).fit(train, y)
-        mlp = PIPELINES.create("simclr_mlp", random_state=3, **kwargs).fit(train, y)
-        other_seed = PIPELINES.create("simclr_mlp", random_state=4, **kwargs).fit(train, y)
+        rf = PIPELINES.create("simclr_rf", random_state=3, **kwargs["simclr_rf"]).fit(train, y)
+        mlp = PIPELINES.create("simclr_mlp", random_state=3, **kwargs["simclr_mlp"]).fit(train, y)
+        other_seed = PIPELINES.create("simclr_mlp", random_state=4, **kwargs["simclr_mlp"]).fit(train, y)
     assert rf.simclr_ is mlp.simclr_ and other_seed.simclr_ is not mlp.simclr_
     np.testing.assert_array_equal(rf.embeddings(test), mlp.embeddings(test))
-    unshared = PIPELINES.create("simclr_mlp", random_state=3, **kwargs).fit(train, y)
+    unshared = PIPELINES.create("simclr_mlp", random_state=3, **kwargs["simclr_mlp"]).fit(train, y)
     assert unshared.simclr_ is not mlp.simclr_
     np.testing.assert_allclose(unshared.embeddings(test), mlp.embeddings(test), rtol=1e-4, atol=1e-5)

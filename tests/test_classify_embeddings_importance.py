@@ -11,7 +11,7 @@ from sklearn.base import clone
 from sklearn.feature_selection import SelectFromModel
 from sklearn.pipeline import Pipeline
 
-from conftest import TINY_DEMO
+from conftest import TINY_DEMO, pipeline_kwargs
 from radiopath.classification.base import PIPELINES
 from radiopath.classification.pipelines.embeddings import three_classes
 from radiopath.config import CONF_DIR
@@ -19,9 +19,11 @@ from radiopath.data.demo_cohort import make_demo_cohort
 from radiopath.data.manifest import load_manifest
 
 TINY = {**TINY_DEMO, "wsi": {"size_px": [512, 512]}}  # these pipelines read the CT only
-SETTINGS = {"spacing_mm": 2.0, "slice_size": 24, "slice_depth": 24, "target": "malignant", "epochs": 0,
-            "resnet_blocks": [1, 1, 1, 1], "pca_components": 4, "rf_n_estimators": 20,
-            "select_n_estimators": 20, "permutation_repeats": 2}
+COMMON = {"spacing_mm": 2.0, "hu_window": [-500, 500], "slice_size": 24, "slice_depth": 24, "target": "malignant",
+          "epochs": 0, "resnet_blocks": [1, 1, 1, 1], "pca_components": 4, "select_n_estimators": 20,
+          "permutation_repeats": 2, "cache_dir": None, "device": "cpu"}
+SETTINGS = {"simclr_rf": pipeline_kwargs("simclr_rf", **COMMON, rf_n_estimators=20),
+            "simclr_mlp": pipeline_kwargs("simclr_mlp", **COMMON)}
 INPUTS = ["embedding_pc0", "embedding_pc1", "embedding_pc2", "embedding_pc3", "age", "sex", "tumour_size_mm"]
 GROUPS = ["embedding"] * 4 + ["clinical", "clinical", "size"]
 
@@ -38,7 +40,7 @@ def cohort(tmp_path_factory):
 
 
 def fitted(name, train, **kwargs):
-    return PIPELINES.create(name, **{**SETTINGS, **kwargs}).fit(train, train["malignant"].to_numpy())
+    return PIPELINES.create(name, **{**SETTINGS[name], **kwargs}).fit(train, train["malignant"].to_numpy())
 
 
 @pytest.mark.parametrize("name", ["simclr_rf", "simclr_mlp"])
@@ -122,7 +124,7 @@ def test_select_features_is_checked(cohort):
         fitted("simclr_rf", train, select_features=8)
     for bad in (0, 2.5, True):
         with pytest.raises(ValueError, match="select_features"):
-            PIPELINES.create("simclr_rf", **{**SETTINGS, "select_features": bad})
+            PIPELINES.create("simclr_rf", **{**SETTINGS["simclr_rf"], "select_features": bad})
 
 
 def test_configs_keep_every_input_by_default():

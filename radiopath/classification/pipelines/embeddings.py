@@ -52,7 +52,6 @@ from radiopath.classification import ct_inputs
 from radiopath.classification.base import PIPELINES, CasePipeline
 from radiopath.classification.losses import NTXentLoss
 from radiopath.classification.nets import SimCLR
-from radiopath.classification.nets.resnet2d import RESNET18_BLOCKS
 from radiopath.classification.nets.fitting import predict_in_batches, seeded, shuffled_batches, train_epochs
 from radiopath.classification.sharing import fit_once, training_key
 
@@ -98,45 +97,45 @@ class SliceEmbedder:
 
 
 class SimCLREmbeddingPipeline(CasePipeline):
-    """SimCLR embeddings, clinical features and tumour size -> RF or MLP over three classes."""
+    """SimCLR embeddings, clinical features and tumour size -> RF or MLP over three classes.
+
+    Every setting comes from ``conf/classify/pipeline/simclr_{rf,mlp}.yaml``; ``classifier_params``
+    are the ``RandomForestClassifier`` or ``MLPClassifier`` arguments, which the two builders make
+    from that file's ``rf_*`` or ``mlp_*`` keys.
+    """
 
     def __init__(
         self,
         *,
-        classifier: str = "rf",
-        target: str = "malignant",
-        column: str = "ct",
-        spacing_mm: float = 1.0,
-        hu_window: Sequence[float] = (-500, 500),
-        slice_size: int = 64,
-        slice_depth: int = 64,
-        min_area_fraction: float = 0.25,
-        clinical: Sequence[str] = ("age", "sex"),
-        size_column: str | None = "tumour_size_mm",
-        resnet_blocks: Sequence[int] = RESNET18_BLOCKS,
-        epochs: int = 40,
-        slices_per_case: int = 6,
-        batch_size: int = 64,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-6,
-        temperature: float = 0.5,
-        projection_dim: int = 128,
-        crop_scale: Sequence[float] = (0.6, 1.0),
-        rotation_degrees: float = 20.0,
-        blur_sigma: Sequence[float] = (0.1, 1.5),
-        blur_kernel: int = 5,
-        pca_components: int | None = 20,
-        select_features: int | None = None,
-        select_n_estimators: int = 500,
-        permutation_repeats: int = 5,
-        rf_n_estimators: int = 500,
-        rf_max_depth: int | None = None,
-        mlp_hidden: Sequence[int] = (64,),
-        mlp_lr: float = 3e-4,
-        mlp_weight_decay: float = 8e-4,
-        mlp_max_iter: int = 2000,
-        cache_dir: str | None = None,
-        device: str = "cpu",
+        classifier: str,
+        classifier_params: Mapping,
+        target: str,
+        column: str,
+        spacing_mm: float,
+        hu_window: Sequence[float],
+        slice_size: int,
+        slice_depth: int,
+        min_area_fraction: float,
+        clinical: Sequence[str],
+        size_column: str | None,
+        resnet_blocks: Sequence[int],
+        epochs: int,
+        slices_per_case: int,
+        batch_size: int,
+        lr: float,
+        weight_decay: float,
+        temperature: float,
+        projection_dim: int,
+        crop_scale: Sequence[float],
+        rotation_degrees: float,
+        blur_sigma: Sequence[float],
+        blur_kernel: int,
+        pca_components: int | None,
+        select_features: int | None,
+        select_n_estimators: int,
+        permutation_repeats: int,
+        cache_dir: str | None,
+        device: str,
         random_state: int = 0,
     ):
         if classifier not in CLASSIFIERS:
@@ -176,12 +175,7 @@ class SimCLREmbeddingPipeline(CasePipeline):
         self.select_features = select_features
         self.select_n_estimators = select_n_estimators
         self.permutation_repeats = permutation_repeats
-        self.rf_n_estimators = rf_n_estimators
-        self.rf_max_depth = rf_max_depth
-        self.mlp_hidden = tuple(mlp_hidden)
-        self.mlp_lr = mlp_lr
-        self.mlp_weight_decay = mlp_weight_decay
-        self.mlp_max_iter = mlp_max_iter
+        self.classifier_params = dict(classifier_params)
         self.cache_dir = cache_dir
         self.device = torch.device(device)
         self.random_state = random_state
@@ -264,13 +258,8 @@ class SimCLREmbeddingPipeline(CasePipeline):
         select = ("passthrough" if self.select_features is None else SelectFromModel(
             RandomForestClassifier(n_estimators=self.select_n_estimators, random_state=self.random_state),
             max_features=self.select_features, threshold=-np.inf))
-        if self.classifier == "rf":
-            model = RandomForestClassifier(n_estimators=self.rf_n_estimators, max_depth=self.rf_max_depth,
-                                           random_state=self.random_state)
-        else:
-            model = MLPClassifier(hidden_layer_sizes=self.mlp_hidden, learning_rate_init=self.mlp_lr,
-                                  alpha=self.mlp_weight_decay, max_iter=self.mlp_max_iter,
-                                  random_state=self.random_state)
+        make = RandomForestClassifier if self.classifier == "rf" else MLPClassifier
+        model = make(random_state=self.random_state, **self.classifier_params)
         return Pipeline([("blocks", blocks), ("scale", MinMaxScaler()), ("select", select), ("classifier", model)])
 
     def _inputs(self) -> tuple[list[str], list[str], np.ndarray]:
@@ -366,12 +355,16 @@ class SimCLREmbeddingPipeline(CasePipeline):
 
 
 @PIPELINES.register("simclr_rf")
-def simclr_rf(**kwargs) -> SimCLREmbeddingPipeline:
+def simclr_rf(*, rf_n_estimators: int, rf_max_depth: int | None, **kwargs) -> SimCLREmbeddingPipeline:
     """SimCLR embeddings + clinical + size into a random forest (see :class:`SimCLREmbeddingPipeline`)."""
-    return SimCLREmbeddingPipeline(classifier="rf", **kwargs)
+    return SimCLREmbeddingPipeline(classifier="rf", classifier_params={
+        "n_estimators": rf_n_estimators, "max_depth": rf_max_depth}, **kwargs)
 
 
 @PIPELINES.register("simclr_mlp")
-def simclr_mlp(**kwargs) -> SimCLREmbeddingPipeline:
+def simclr_mlp(*, mlp_hidden: Sequence[int], mlp_lr: float, mlp_weight_decay: float, mlp_max_iter: int,
+               **kwargs) -> SimCLREmbeddingPipeline:
     """SimCLR embeddings + clinical + size into an MLP (see :class:`SimCLREmbeddingPipeline`)."""
-    return SimCLREmbeddingPipeline(classifier="mlp", **kwargs)
+    return SimCLREmbeddingPipeline(classifier="mlp", classifier_params={
+        "hidden_layer_sizes": tuple(mlp_hidden), "learning_rate_init": mlp_lr, "alpha": mlp_weight_decay,
+        "max_iter": mlp_max_iter}, **kwargs)

@@ -28,7 +28,6 @@ from torch import nn
 from radiopath.classification import ct_inputs
 from radiopath.classification.base import PIPELINES, CasePipeline
 from radiopath.classification.nets import MultiPhaseResNet
-from radiopath.classification.nets.resnet2d import RESNET18_BLOCKS
 from radiopath.classification.nets.fitting import (
     predict_in_batches, random_flips, seeded, shuffled_batches, train_epochs,
 )
@@ -48,22 +47,22 @@ class MultiPhasePipeline(CasePipeline):
     def __init__(
         self,
         *,
-        phases: Sequence[str] = ("ct",),
-        spacing_mm: float = 1.0,
-        hu_window: Sequence[float] = (-500, 500),
-        slice_size: int = 64,
-        slice_depth: int = 64,
-        resnet_blocks: Sequence[int] = RESNET18_BLOCKS,
-        hidden_dim: int = 128,
-        dropout: float = 0.2,
-        epochs: int = 50,
-        batch_size: int = 16,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        class_balanced: bool = True,
-        augment: bool = True,
-        cache_dir: str | None = None,
-        device: str = "cpu",
+        phases: Sequence[str],
+        spacing_mm: float,
+        hu_window: Sequence[float],
+        slice_size: int,
+        slice_depth: int,
+        resnet_blocks: Sequence[int],
+        hidden_dim: int,
+        dropout: float,
+        epochs: int,
+        batch_size: int,
+        lr: float,
+        weight_decay: float,
+        class_balanced: bool,
+        augment: bool,
+        cache_dir: str | None,
+        device: str,
         random_state: int = 0,
     ):
         if not phases:
