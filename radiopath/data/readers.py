@@ -27,6 +27,8 @@ def image_stem(path: str | Path) -> str:
     name = Path(path).name
     suffix = next((s for s in CT_SUFFIXES if name.lower().endswith(s)), Path(name).suffix)
     return name[:len(name) - len(suffix)] if suffix else name
+
+
 _ITK_PREFIX = re.compile(r"^ITK ERROR: \w+\(0x[0-9a-fA-F]+\): ")
 
 

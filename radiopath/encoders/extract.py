@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from radiopath.data.readers import open_slide, read_ct, recorded_mpp, slide_mpp
-from radiopath.data.manifest import Manifest
+from radiopath.data.manifest import Manifest, SlideSource
 from radiopath.encoders.bags import FeatureBag, check_inside, coordinate_step, load_features, read_bag
 from radiopath.encoders.base import TileEncoder, VolumeEncoder
 from radiopath.encoders.features import PatchFeatures
@@ -163,18 +163,24 @@ def case_patches(case_id: str, modality: str, *, features_dir: str | Path, encod
     come from different encoders or have different widths.
     """
     spec = modality_spec(modality)
-    slides = manifest.slides(case_id) if manifest is not None and spec.bag_column is not None else []
+    slides = keyed_slides(manifest, case_id) if manifest is not None and spec.bag_column is not None else []
     if not slides:
         return [_stored(case_id, modality, features_dir=features_dir, encoder=encoder, slide=None)]
     parts = []
-    for slide, key in zip(slides, slide_keys([s.name for s in slides])):
+    for key, slide in slides:
         if slide.bag is not None:
             parts.append(load_bag_case(case_id, slide.bag, wsi_path=slide.wsi, mpp=slide.mpp,
                                        fallback_mpp=fallback_mpp))
         else:
             parts.append(_stored(case_id, modality, features_dir=features_dir, encoder=encoder, slide=key))
-    check_alike(case_id, parts, [s.bag or s.wsi for s in slides])
+    check_alike(case_id, parts, [slide.bag or slide.wsi for _, slide in slides])
     return parts
+
+
+def keyed_slides(manifest: Manifest, case_id: str) -> list[tuple[str | None, SlideSource]]:
+    """The case's slides, each with its feature-store key (:func:`radiopath.layout.slide_keys`)."""
+    slides = manifest.slides(case_id)
+    return list(zip(slide_keys([slide.name for slide in slides]), slides))
 
 
 def _stored(case_id: str, modality: str, *, features_dir: str | Path, encoder: str, slide: str | None) -> PatchFeatures:
@@ -191,8 +197,8 @@ def check_alike(case_id: str, parts: list[PatchFeatures], sources: list[Path | N
 
     A patient's slides are pooled together, so their features must live in one feature space.
     """
+    first = parts[0]
     for part, source in zip(parts[1:], sources[1:]):
-        first = parts[0]
         if part.encoder != first.encoder or part.features.shape[1] != first.features.shape[1]:
             raise CaseError(case_id, f"its slides' features differ: {sources[0]} has {first.features.shape[1]} "
                                      f"features of encoder {first.encoder!r}, {source} "

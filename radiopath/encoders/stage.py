@@ -19,22 +19,22 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from radiopath.config import resolve_device
-from radiopath.data.manifest import Manifest, load_manifest
+from radiopath.data.manifest import Manifest, SlideSource, load_manifest
 from radiopath.encoders import ENCODERS
 from radiopath.encoders.bags import write_bag
 from radiopath.encoders.checkpoints import checkpoint_unpickling
-from radiopath.encoders.extract import encode_ct_case, encode_wsi_case
+from radiopath.encoders.extract import encode_ct_case, encode_wsi_case, keyed_slides
+from radiopath.encoders.features import PatchFeatures
 from radiopath.entry import StageResult
-from radiopath.errors import CaseError, check_choice
-from radiopath.layout import (FAILURES_NAME, FEATURE_FORMATS, feature_file, features_dir, part_filename, slide_keys,
-                              stored_features)
+from radiopath.errors import check_choice
+from radiopath.layout import FAILURES_NAME, FEATURE_FORMATS, feature_file, features_dir, part_filename, stored_features
 from radiopath.modality import RADIOLOGY, modality
 from radiopath.repro import active
 from radiopath.runner import RunSummary, run_cases
 
 
 def _case_encoder(cfg: DictConfig, manifest: Manifest, name: str, encoder, device: torch.device):
-    """``encode(case_id, slide_key) -> PatchFeatures`` for one modality: the CT, or one of the case's slides."""
+    """``encode(case_id, slide) -> PatchFeatures`` for one modality: the CT (``slide`` None), or one slide."""
     if name == RADIOLOGY.name:
         ct = OmegaConf.to_container(cfg.ct, resolve=True)
         return lambda case_id, _: encode_ct_case(case_id, manifest.image_path(case_id, "ct"),
@@ -44,21 +44,18 @@ def _case_encoder(cfg: DictConfig, manifest: Manifest, name: str, encoder, devic
     tiling = OmegaConf.to_container(cfg.wsi.tiling, resolve=True)
     batch_size = cfg.encoder[name].batch_size
 
-    def encode_slide(case_id: str, key: str | None):
-        slides = dict(zip(_slide_keys(manifest, name, case_id), manifest.slides(case_id)))
-        if key not in slides:
-            raise CaseError(case_id, "the manifest gives no whole-slide image")
-        return encode_wsi_case(case_id, slides[key].wsi, encoder, tissue, tiling, batch_size, device,
-                               mpp=slides[key].mpp)
+    def encode_slide(case_id: str, slide: SlideSource | None) -> PatchFeatures:
+        wsi, mpp = (None, None) if slide is None else (slide.wsi, slide.mpp)  # no slide: encode_wsi_case says so
+        return encode_wsi_case(case_id, wsi, encoder, tissue, tiling, batch_size, device, mpp=mpp)
 
     return encode_slide
 
 
-def _slide_keys(manifest: Manifest, name: str, case_id: str) -> list[str | None]:
-    """The feature-store keys of the case's images: [None] for a CT or a single slide, else the slides' names."""
+def _case_images(manifest: Manifest, name: str, case_id: str) -> list[tuple[str | None, SlideSource | None]]:
+    """The case's images as ``(feature-store key, slide)``: ``(None, None)`` for a CT or a row without a slide."""
     if modality(name).bag_column is None:
-        return [None]
-    return slide_keys([slide.name for slide in manifest.slides(case_id)] or [case_id])
+        return [(None, None)]
+    return keyed_slides(manifest, case_id) or [(None, None)]
 
 
 def _writer(cfg: DictConfig, fmt: str):
@@ -92,10 +89,11 @@ def encode_modality(cfg: DictConfig, manifest: Manifest, name: str) -> RunSummar
 
     def process(case_id: str) -> None:
         # slide by slide, so a crash keeps the slides already written and a rerun does only the others
-        for key in _slide_keys(manifest, name, case_id):
+        for key, slide in _case_images(manifest, name, case_id):
             if stored(case_id, key) and not cfg.overwrite:
                 continue
-            write(encode_case(case_id, key), feature_file(root, name, encoder_cfg.name, case_id, format=fmt, slide=key))
+            write(encode_case(case_id, slide),
+                  feature_file(root, name, encoder_cfg.name, case_id, format=fmt, slide=key))
             for other in FEATURE_FORMATS.keys() - {fmt}:  # one file per slide: a stale one must not be read instead
                 feature_file(root, name, encoder_cfg.name, case_id, format=other, slide=key).unlink(missing_ok=True)
 
@@ -105,7 +103,7 @@ def encode_modality(cfg: DictConfig, manifest: Manifest, name: str) -> RunSummar
         f"encode {name} ({encoder_cfg.name})",
         [c for c in manifest.case_ids if c not in with_bag],
         process,
-        is_done=lambda case_id: all(stored(case_id, key) for key in _slide_keys(manifest, name, case_id)),
+        is_done=lambda case_id: all(stored(case_id, key) for key, _ in _case_images(manifest, name, case_id)),
         overwrite=cfg.overwrite,
     )
     summary.skipped += [c for c in manifest.case_ids if c in with_bag]

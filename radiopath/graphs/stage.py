@@ -33,14 +33,14 @@ from radiopath.repro import active
 from radiopath.runner import RunSummary, run_cases
 
 
-def case_images(cfg: DictConfig, manifest: Manifest | None, modality: str,
-                case_id: str) -> tuple[list[PatchFeatures], list[str]]:
+def case_parts(cfg: DictConfig, manifest: Manifest | None, modality: str,
+               case_id: str) -> tuple[list[PatchFeatures], list[str]]:
     """The case's patch features, one per image (its manifest's feature bags where the row gives them, else
-    the feature store's files), and the images' names (the slides' file stems; the case id for one CT)."""
+    the feature store's files), and the images' names (the slides' file stems; the case id for one image)."""
     parts = case_patches(case_id, modality, features_dir=cfg.data.features_dir, encoder=cfg.encoder[modality].name,
                          manifest=manifest, fallback_mpp=cfg.wsi.fallback_mpp)
     slides = manifest.slides(case_id) if manifest is not None and modality_spec(modality).bag_column else []
-    return parts, [slide.name for slide in slides] if len(slides) == len(parts) else [case_id] * len(parts)
+    return parts, [slide.name for slide in slides] or [case_id]
 
 
 def build_modality_graphs(cfg: DictConfig, case_ids: list[str], modality: str, *,
@@ -51,7 +51,7 @@ def build_modality_graphs(cfg: DictConfig, case_ids: list[str], modality: str, *
         torch.set_num_threads(int(cfg.graph_threads))
 
     def process(case_id: str) -> None:
-        parts, names = case_images(cfg, manifest, modality, case_id)
+        parts, names = case_parts(cfg, manifest, modality, case_id)
         save_graph(build_case_graph(parts, names=names, **params), graph_path(cfg.output_dir, modality, case_id))
 
     summary = run_cases(
