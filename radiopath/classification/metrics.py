@@ -97,6 +97,13 @@ def metric_functions(threshold: float) -> dict[str, Metric]:
     return {"roc_auc": roc_auc, "pr_auc": average_precision, **confusion_metrics(threshold), "brier": brier}
 
 
+def point_metrics(y: np.ndarray, p: np.ndarray, *, threshold: float, names: tuple[str, ...]) -> dict[str, float]:
+    """The metrics ``names`` of :func:`metric_functions` on these cases once, without resampling (NaN where undefined)."""
+    y, p = np.asarray(y, dtype=int), np.asarray(p, dtype=float)
+    functions, weights = metric_functions(threshold), np.ones((1, len(y)))
+    return {name: float(functions[name](weights, y, p)[0]) for name in names}
+
+
 def bootstrap_weights(y: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
     """``(B, n)`` draw counts of ``n_boot`` resamples with replacement; those with one class only are dropped."""
     rng = np.random.default_rng(seed)
@@ -114,11 +121,12 @@ def score_predictions(y: np.ndarray, p: np.ndarray, threshold: float, n_boot: in
     y, p = np.asarray(y, dtype=int), np.asarray(p, dtype=float)
     weights = bootstrap_weights(y, n_boot, seed)
     tail = 50 * (1 - level)
+    functions = metric_functions(threshold)
+    point = point_metrics(y, p, threshold=threshold, names=tuple(functions))
     rows = []
-    for name, metric in metric_functions(threshold).items():
+    for name, metric in functions.items():
         values = metric(weights, y, p)
         values = values[np.isfinite(values)]
         low, high = np.percentile(values, [tail, 100 - tail]) if len(values) else (np.nan, np.nan)
-        value = float(metric(np.ones((1, len(y))), y, p)[0])
-        rows.append({"metric": name, "value": value, "ci_low": float(low), "ci_high": float(high)})
+        rows.append({"metric": name, "value": point[name], "ci_low": float(low), "ci_high": float(high)})
     return pd.DataFrame(rows)

@@ -2,7 +2,7 @@
 
 Each ``reader_<name>`` manifest column holds one reader's 0/1 calls of the task's label.
 Per scored set and pipeline: the reader's sensitivity, specificity and accuracy
-(scikit-learn's confusion matrix) beside the model's at its training-part threshold, and
+(as the test part's metrics compute them) beside the model's at its training-part threshold, and
 the model at the reader's operating points: its specificity at the reader's sensitivity
 and its sensitivity at the reader's specificity (on the set's ROC curve). McNemar's exact
 test (a binomial test of the discordant pairs, ``scipy.stats.binomtest``) compares the
@@ -19,7 +19,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
-from sklearn.metrics import confusion_matrix, roc_curve
+from sklearn.metrics import roc_curve
+
+from radiopath.classification.metrics import point_metrics
 
 NA = float("nan")
 
@@ -31,8 +33,8 @@ def reader_columns(columns: Sequence[str], prefix: str | None) -> list[str]:
 
 def rates(y: np.ndarray, calls: np.ndarray) -> tuple[float, float, float]:
     """Sensitivity, specificity and accuracy of 0/1 ``calls``; NaN where a class is absent."""
-    tn, fp, fn, tp = confusion_matrix(y, calls, labels=[0, 1]).ravel()
-    return (tp / (tp + fn) if tp + fn else NA, tn / (tn + fp) if tn + fp else NA, (tp + tn) / len(y))
+    values = point_metrics(y, calls, threshold=0.5, names=("sensitivity", "specificity", "accuracy"))
+    return values["sensitivity"], values["specificity"], values["accuracy"]
 
 
 def matched_threshold(y: np.ndarray, p: np.ndarray, *, sensitivity: float | None = None,

@@ -1,8 +1,9 @@
 """Classification performance within subgroups (CT multi-phase paper: Fig. S3, S5, Tables S10-S11).
 
 Per scored set (test part, external centres), pipeline and level of each subgroup column
-(TNM stage, histology, centre): ROC AUC (scikit-learn) and, at the pipeline's training-part
-threshold, sensitivity, specificity and precision from the confusion matrix. A subgroup
+(TNM stage, histology, centre): ROC AUC and, at the pipeline's training-part threshold,
+sensitivity, specificity and precision, as the test part's metrics compute them
+(:func:`radiopath.classification.metrics.point_metrics`). A subgroup
 with one class only has no AUC (and no sensitivity or specificity for the missing class):
 N/A, with the reason.
 """
@@ -12,9 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pandas as pd
-from sklearn.metrics import confusion_matrix, roc_auc_score
 
-NA = float("nan")
+from radiopath.classification.metrics import point_metrics
+
+METRICS = ("roc_auc", "sensitivity", "specificity", "precision")
 
 
 def level_name(value) -> str:
@@ -26,10 +28,6 @@ def level_name(value) -> str:
     return str(value)
 
 
-def _ratio(numerator: int, denominator: int) -> float:
-    return numerator / denominator if denominator else NA
-
-
 def subgroup_table(*, scored: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     """``set, pipeline, subgroup, level, n, positives, roc_auc, sensitivity, specificity, precision, reason``."""
     rows = []
@@ -39,14 +37,13 @@ def subgroup_table(*, scored: pd.DataFrame, columns: Sequence[str]) -> pd.DataFr
             levels = part[column].map(level_name)
             for level in sorted(levels.unique()):
                 group = part[levels == level]
-                y, p = group["y"].to_numpy(dtype=int), group["p"].to_numpy()
-                tn, fp, fn, tp = confusion_matrix(y, (p >= threshold).astype(int), labels=[0, 1]).ravel()
+                y = group["y"].to_numpy(dtype=int)
                 two_classes = 0 < y.sum() < len(y)
                 rows.append({
                     "set": set_name, "pipeline": pipeline, "subgroup": column, "level": level, "n": len(group),
-                    "positives": int(y.sum()), "roc_auc": float(roc_auc_score(y, p)) if two_classes else NA,
-                    "sensitivity": _ratio(tp, tp + fn), "specificity": _ratio(tn, tn + fp),
-                    "precision": _ratio(tp, tp + fp), "threshold": threshold,
+                    "positives": int(y.sum()),
+                    **point_metrics(y, group["p"].to_numpy(), threshold=threshold, names=METRICS),
+                    "threshold": threshold,
                     "reason": "" if two_classes else f"one class only ({'positive' if y.any() else 'negative'})",
                 })
     return pd.DataFrame(rows)
